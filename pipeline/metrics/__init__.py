@@ -1,0 +1,1 @@
+"""Calibration and OOD-detection metrics: pure numpy."""

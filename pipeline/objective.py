@@ -1,0 +1,84 @@
+"""One training step's loss for every objective in ``params.yaml``'s ``loss`` section."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812 - the conventional alias
+from torch import Tensor
+
+from pipeline.config import LossConfig
+from pipeline.data.mixup import apply_plan, relevance, same_class, sample_plans
+from pipeline.losses.baselines import focal_loss, label_smoothing_loss, mixup_loss
+from pipeline.losses.rankmixup import mndcg_loss, mrl_loss
+from pipeline.models import MixableNet
+
+
+def mix_layer(model: MixableNet, cfg: LossConfig) -> int:
+    """Where mixing happens: the input for Mixup/CutMix, a hidden layer for Manifold Mixup."""
+    if cfg.mixing != "manifold":
+        return 0
+    layer = model.default_manifold_layer if cfg.manifold_layer is None else cfg.manifold_layer
+    if not 0 <= layer < model.num_mix_layers:
+        raise ValueError(
+            f"loss.manifold_layer must be in [0, {model.num_mix_layers - 1}] for this model, "
+            f"got {layer}"
+        )
+    return layer
+
+
+def compute_loss(
+    model: MixableNet, x: Tensor, y: Tensor, cfg: LossConfig, rng: np.random.Generator
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Total loss of one batch and its parts (detached) for logging.
+
+    RankMixup (``mrl``, ``mndcg``) forwards the raw batch, then all mixed copies stacked
+    copy-major in a second pass, so BatchNorm sees the raw batch, then the mixed batch, as in the
+    official code. Cross-entropy is applied to the raw logits only; no loss uses the label
+    mixture as a target. Deviation, for speed: Manifold Mixup mixes the hidden features of the raw
+    pass instead of recomputing them in a second forward; in train mode the two are the same
+    values, only BatchNorm's running statistics of the early layers are updated once, not twice.
+
+    Args:
+        model: The network.
+        x: Normalised images (B, C, H, W).
+        y: Labels (B,).
+        cfg: The ``loss`` section.
+        rng: Source of mixing randomness.
+
+    Returns:
+        ``(loss, parts)`` with parts ``ce`` and, for ranking losses, ``rank``.
+
+    References:
+        Noh et al., ICCV 2023 (arXiv 2308.11990), Sec. 3.
+    """
+    if cfg.name in ("ce", "ls", "focal"):
+        logits = model(x)
+        if cfg.name == "ce":
+            loss = F.cross_entropy(logits, y)
+        elif cfg.name == "ls":
+            loss = label_smoothing_loss(logits, y, cfg.smoothing)
+        else:
+            loss = focal_loss(logits, y, cfg.focal_gamma)
+        return loss, {"ce": loss.detach()}
+
+    layer = mix_layer(model, cfg)
+    hidden = model.features(x, layer)
+    cutmix_hw = tuple(x.shape[-2:]) if cfg.mixing == "cutmix" else None
+    plans = sample_plans(x.shape[0], cfg.copies, cfg.alpha, rng, cutmix_hw=cutmix_hw)  # type: ignore[arg-type]
+    mixed = torch.cat([apply_plan(hidden, plan) for plan in plans])
+
+    if cfg.name == "mixup":
+        logits = model.head_from(mixed, layer)
+        loss = mixup_loss(logits, y, y[plans[0].perm], plans[0].lam)
+        return loss, {"ce": loss.detach()}
+
+    raw_logits = model.head_from(hidden, layer)
+    mixed_logits = model.head_from(mixed, layer)
+    ce = F.cross_entropy(raw_logits, y)
+    if cfg.name == "mrl":
+        valid = torch.cat([~same_class(y, plan) for plan in plans])
+        rank = mrl_loss(raw_logits, mixed_logits, valid, cfg.margin, cfg.mrl_mask)
+    else:
+        rank = mndcg_loss(raw_logits, mixed_logits, relevance(y, plans).to(x.device))
+    return ce + cfg.weight * rank, {"ce": ce.detach(), "rank": rank.detach()}

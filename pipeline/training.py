@@ -1,0 +1,245 @@
+"""The training loop: seeded, resumable, CPU or CUDA (bf16 autocast, channels-last).
+
+Checkpoints: ``last.pt`` after every epoch (resume point) and ``best.pt`` at the best
+validation accuracy (the model evaluated and exported). A rerun with the same configuration
+resumes after the last finished epoch; every epoch's randomness is derived from
+``(seed, epoch)``, so a resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from pipeline.batches import Normalizer, as_tensors, iterate_batches, num_batches, random_crop_flip
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.config import LossConfig, ModelConfig, TrainConfig
+from pipeline.data.prepared import PreparedData
+from pipeline.metrics.calibration import expected_calibration_error
+from pipeline.models import MixableNet, build_model
+from pipeline.objective import compute_loss
+
+logger = logging.getLogger(__name__)
+
+EpochLog = Callable[[int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run reports (also written to the metrics file by the stage)."""
+
+    best_val_accuracy: float
+    best_epoch: int
+    epochs: int
+    resumed_from_epoch: int
+    seconds: float
+    history: list[dict[str, float]]
+
+
+def select_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for ``cuda`` without one is an error."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is available; use 'auto'")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def fingerprint(data: PreparedData, model: ModelConfig, loss: LossConfig, train: TrainConfig) -> str:
+    """Hash of everything that shapes the weights; a checkpoint resumes only a matching run."""
+    ignored = {"device", "threads"}  # where a run executes does not change what it computes
+    payload = {
+        "data": [data.dataset, len(data.train_idx), len(data.val_idx), data.mean, data.std],
+        "model": dataclasses.asdict(model),
+        "loss": dataclasses.asdict(loss),
+        "train": {k: v for k, v in dataclasses.asdict(train).items() if k not in ignored},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def predict_proba(
+    model: nn.Module, images: torch.Tensor, normalize: Normalizer, batch_size: int = 512
+) -> np.ndarray:
+    """Softmax probabilities of uint8 NHWC ``images`` in eval mode, as float64 numpy."""
+    model.eval()
+    device = images.device
+    outs = []
+    with torch.no_grad(), _autocast(device, enabled=device.type == "cuda"):
+        for start in range(0, len(images), batch_size):
+            x = _layout(normalize(images[start : start + batch_size]), device)
+            outs.append(model(x).float().softmax(dim=1).cpu())
+    return torch.cat(outs).double().numpy()
+
+
+def train(
+    data: PreparedData,
+    model_cfg: ModelConfig,
+    loss_cfg: LossConfig,
+    cfg: TrainConfig,
+    checkpoint_dir: Path,
+    *,
+    log_epoch: EpochLog | None = None,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Train a model on ``data`` and keep its best-validation-accuracy checkpoint.
+
+    Args:
+        data: Prepared dataset with its split and normalisation statistics.
+        model_cfg: The ``model`` section.
+        loss_cfg: The ``loss`` section.
+        cfg: The ``train`` section.
+        checkpoint_dir: Holds ``last.pt`` (resume point) and ``best.pt``.
+        log_epoch: Called with ``(epoch, metrics)`` after each epoch (e.g. dvclive).
+        on_epoch_end: Called with the finished epoch number after its checkpoint is saved.
+
+    Returns:
+        A summary of the run.
+    """
+    started = time.perf_counter()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    device = select_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    height, width, channels = data.image_shape
+    model = build_model(model_cfg.arch, num_classes=data.num_classes, in_channels=channels)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay, nesterov=cfg.nesterov,
+    )
+    scheduler = _scheduler(optimizer, cfg)
+    meta = {
+        "arch": model_cfg.arch, "num_classes": data.num_classes, "image_shape": [height, width,
+        channels], "mean": data.mean, "std": data.std, "dataset": data.dataset,
+        "fingerprint": fingerprint(data, model_cfg, loss_cfg, cfg),
+    }
+    state = _resume(checkpoint_dir / "last.pt", meta["fingerprint"], model, optimizer, scheduler)
+    resumed_from = state["epoch"]
+    if log_epoch is not None:  # replay so a fresh log directory still holds every epoch
+        for row in state["history"]:
+            log_epoch(int(row["epoch"]), row)
+
+    x_train, y_train = as_tensors(data.train.images[data.train_idx],
+                                  data.train.labels[data.train_idx], device)
+    x_val, y_val = as_tensors(data.train.images[data.val_idx], data.train.labels[data.val_idx],
+                              device)
+    normalize = Normalizer(data.mean, data.std, device)
+    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+        parts = _train_epoch(model, optimizer, x_train, y_train, normalize, loss_cfg, cfg, epoch)
+        scheduler.step()
+        probs = predict_proba(model, x_val, normalize)
+        val_labels = y_val.cpu().numpy()
+        row = {
+            "epoch": float(epoch), "lr": optimizer.param_groups[0]["lr"], **parts,
+            "val_accuracy": float((probs.argmax(1) == val_labels).mean()),
+            "val_ece": expected_calibration_error(probs, val_labels),
+        }
+        state["history"].append(row)
+        if row["val_accuracy"] > state["best_val_accuracy"]:
+            state.update(best_val_accuracy=row["val_accuracy"], best_epoch=epoch)
+            save_checkpoint(checkpoint_dir / "best.pt", model, meta=meta, epoch=epoch)
+        state["epoch"] = epoch
+        save_checkpoint(checkpoint_dir / "last.pt", model, meta=meta, epoch=epoch,
+                        optimizer=optimizer, scheduler=scheduler, extra=_progress(state))
+        logger.info("epoch %d/%d %s", epoch, cfg.epochs, _fmt(row))
+        if log_epoch is not None:
+            log_epoch(epoch, row)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+    return TrainResult(
+        best_val_accuracy=state["best_val_accuracy"], best_epoch=state["best_epoch"],
+        epochs=cfg.epochs, resumed_from_epoch=resumed_from,
+        seconds=time.perf_counter() - started, history=state["history"],
+    )
+
+
+def _train_epoch(
+    model: MixableNet,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    normalize: Normalizer,
+    loss_cfg: LossConfig,
+    cfg: TrainConfig,
+    epoch: int,
+) -> dict[str, float]:
+    """One pass over the training split; returns the mean of each loss part."""
+    model.train()
+    device = images.device
+    # Every source of randomness is a function of (seed, epoch): resuming replays it exactly.
+    torch.manual_seed(cfg.seed * 100_003 + epoch)
+    generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    rng = np.random.default_rng([cfg.seed, epoch])
+    totals: dict[str, float] = {}
+    steps = num_batches(len(images), cfg.batch_size)
+    bar = tqdm(iterate_batches(images, labels, cfg.batch_size, generator), total=steps,
+               desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None)
+    for batch, y in bar:
+        if cfg.augment != "none":
+            batch = random_crop_flip(batch, pad=4, flip=cfg.augment == "crop_flip",
+                                     generator=generator)
+        x = _layout(normalize(batch), device)
+        with _autocast(device, enabled=cfg.bf16 and device.type == "cuda"):
+            loss, parts = compute_loss(model, x, y, loss_cfg, rng)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        for key, value in {"loss": loss.detach(), **parts}.items():
+            totals[key] = totals.get(key, 0.0) + float(value)
+        bar.set_postfix(loss=f"{totals['loss'] / max(bar.n, 1):.3f}", refresh=False)
+    return {f"train_{k}": v / steps for k, v in totals.items()}
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Any:
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.milestones, gamma=cfg.lr_gamma)
+
+
+def _resume(
+    path: Path, expected: str, model: nn.Module, optimizer: Any, scheduler: Any
+) -> dict[str, Any]:
+    fresh = {"epoch": 0, "best_val_accuracy": -1.0, "best_epoch": 0, "history": []}
+    if not path.exists():
+        return fresh
+    ckpt = load_checkpoint(path)
+    if ckpt["meta"]["fingerprint"] != expected:
+        logger.warning("ignoring %s: it was written by a run with other parameters", path)
+        return fresh
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    logger.info("resuming from %s after epoch %d", path, ckpt["epoch"])
+    return {"epoch": ckpt["epoch"], **ckpt["extra"]}
+
+
+def _progress(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: state[k] for k in ("best_val_accuracy", "best_epoch", "history")}
+
+
+def _layout(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
+def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def _fmt(row: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch")

@@ -1,0 +1,82 @@
+"""Strict parsing of params.yaml into typed config."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline.config import ConfigError, LossConfig, TrainConfig, load_section, read_params
+
+PARAMS = Path(__file__).parents[1] / "params.yaml"
+
+
+@pytest.fixture
+def params() -> dict[str, Any]:
+    return read_params(PARAMS)
+
+
+def test_shipped_params_parse(params: dict[str, Any]) -> None:
+    loss = load_section(params, "loss")
+    assert isinstance(loss, LossConfig) and loss.name == "mndcg" and loss.copies == 3
+    assert isinstance(load_section(params, "train"), TrainConfig)
+    load_section(params, "data")
+    load_section(params, "model")
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("loss", "margin", -1.0, "loss.margin must be >= 0, got -1.0"),
+        ("loss", "num_mixes", 0, "loss.num_mixes must be >= 1, got 0"),
+        ("loss", "name", "rank", "loss.name must be one of"),
+        ("loss", "mixing", "cutout", "loss.mixing must be one of"),
+        ("train", "epochs", "ten", "train.epochs must be of type int, got 'ten'"),
+        ("train", "nesterov", 1, "train.nesterov must be of type bool, got 1"),
+        ("train", "lr", True, "train.lr must be of type float, got True"),
+        ("train", "milestones", [5, 2], "train.milestones must be increasing"),
+        ("data", "val_fraction", 1.5, "data.val_fraction must be in (0, 1), got 1.5"),
+        ("data", "ood", ["imagenet"], "data.ood must be one of"),
+    ],
+)
+def test_bad_values_name_key_and_value(
+    params: dict[str, Any], section: str, key: str, value: Any, message: str
+) -> None:
+    bad = copy.deepcopy(params)
+    bad[section][key] = value
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[")):
+        load_section(bad, section)
+
+
+def test_unknown_and_missing_keys(params: dict[str, Any]) -> None:
+    bad = copy.deepcopy(params)
+    bad["train"]["learning_rate"] = 0.1
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['train.learning_rate'\]"):
+        load_section(bad, "train")
+    del bad["train"]["learning_rate"], bad["train"]["lr"]
+    with pytest.raises(ConfigError, match=r"missing key\(s\) \['train.lr'\]"):
+        load_section(bad, "train")
+
+
+def test_int_accepted_for_float(params: dict[str, Any]) -> None:
+    ok = copy.deepcopy(params)
+    ok["loss"]["margin"] = 1
+    assert load_section(ok, "loss").margin == 1.0
+
+
+def test_unknown_section_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"trian": {}}))
+    with pytest.raises(ConfigError, match="unknown params section"):
+        read_params(path)
+
+
+def test_copies_per_loss(params: dict[str, Any]) -> None:
+    for name, copies in [("ce", 0), ("mixup", 1), ("mrl", 1), ("mndcg", 3)]:
+        changed = copy.deepcopy(params)
+        changed["loss"]["name"] = name
+        assert load_section(changed, "loss").copies == copies
