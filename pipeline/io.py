@@ -16,7 +16,7 @@ def atomic_path(dest: Path | str) -> Iterator[Path]:
     """Yield a temporary path next to ``dest``; rename it onto ``dest`` only on success.
 
     An interrupted writer therefore never leaves a file at ``dest`` that looks complete.
-    The temporary file lives in the same directory so the final ``os.replace`` is atomic.
+    The temporary file lives in the same directory so the final rename is atomic.
 
     Args:
         dest: Final location of the file.
@@ -26,15 +26,24 @@ def atomic_path(dest: Path | str) -> Iterator[Path]:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".tmp{dest.suffix}",
-                                    dir=dest.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{dest.name}.", suffix=f".tmp{dest.suffix}", dir=dest.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
+    # mkstemp creates 0600; give the final file the permissions a plain open() would.
+    tmp.chmod(0o666 & ~_umask())
     try:
         yield tmp
-        os.replace(tmp, dest)
+        tmp.replace(dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(dest: Path | str, payload: Any) -> None:
