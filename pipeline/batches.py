@@ -76,7 +76,9 @@ def num_batches(n: int, batch_size: int) -> int:
     return full + int(rest >= 2)
 
 
-def as_tensors(images: np.ndarray, labels: np.ndarray, device: torch.device) -> tuple[Tensor, Tensor]:
+def as_tensors(
+    images: np.ndarray, labels: np.ndarray, device: torch.device
+) -> tuple[Tensor, Tensor]:
     """uint8 NHWC images and int labels as tensors on ``device``."""
     return (
         torch.from_numpy(np.ascontiguousarray(images)).to(device),

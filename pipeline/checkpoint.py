@@ -50,7 +50,8 @@ def load_model(path: Path) -> tuple[MixableNet, dict[str, Any]]:
     """Rebuild the model saved in ``path`` in eval mode, with its metadata."""
     ckpt = load_checkpoint(path)
     meta = ckpt["meta"]
-    model = build_model(meta["arch"], num_classes=meta["num_classes"],
-                        in_channels=meta["image_shape"][2])
+    model = build_model(
+        meta["arch"], num_classes=meta["num_classes"], in_channels=meta["image_shape"][2]
+    )
     model.load_state_dict(ckpt["model"])
     return model.eval(), meta

@@ -1,4 +1,4 @@
-"""The training loop: seeded, resumable, CPU or CUDA (bf16 autocast, channels-last).
+"""The training loop: seeded, resumable, channels-last, on CPU or CUDA (with bf16 autocast).
 
 Checkpoints: ``last.pt`` after every epoch (resume point) and ``best.pt`` at the best
 validation accuracy (the model evaluated and exported). A rerun with the same configuration
@@ -57,7 +57,9 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def fingerprint(data: PreparedData, model: ModelConfig, loss: LossConfig, train: TrainConfig) -> str:
+def fingerprint(
+    data: PreparedData, model: ModelConfig, loss: LossConfig, train: TrainConfig
+) -> str:
     """Hash of everything that shapes the weights; a checkpoint resumes only a matching run."""
     ignored = {"device", "threads"}  # where a run executes does not change what it computes
     payload = {
@@ -78,7 +80,9 @@ def predict_proba(
     outs = []
     with torch.no_grad(), _autocast(device, enabled=device.type == "cuda"):
         for start in range(0, len(images), batch_size):
-            x = _layout(normalize(images[start : start + batch_size]), device)
+            x = normalize(images[start : start + batch_size]).contiguous(
+                memory_format=torch.channels_last
+            )
             outs.append(model(x).float().softmax(dim=1).cpu())
     return torch.cat(outs).double().numpy()
 
@@ -114,17 +118,23 @@ def train(
     torch.manual_seed(cfg.seed)
     height, width, channels = data.image_shape
     model = build_model(model_cfg.arch, num_classes=data.num_classes, in_channels=channels)
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    # channels-last is faster on CUDA and, measured on a 2-core CPU, ~2x faster there too.
+    model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay, nesterov=cfg.nesterov,
+        model.parameters(),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        nesterov=cfg.nesterov,
     )
     scheduler = _scheduler(optimizer, cfg)
     meta = {
-        "arch": model_cfg.arch, "num_classes": data.num_classes, "image_shape": [height, width,
-        channels], "mean": data.mean, "std": data.std, "dataset": data.dataset,
+        "arch": model_cfg.arch,
+        "num_classes": data.num_classes,
+        "image_shape": [height, width, channels],
+        "mean": data.mean,
+        "std": data.std,
+        "dataset": data.dataset,
         "fingerprint": fingerprint(data, model_cfg, loss_cfg, cfg),
     }
     state = _resume(checkpoint_dir / "last.pt", meta["fingerprint"], model, optimizer, scheduler)
@@ -133,10 +143,12 @@ def train(
         for row in state["history"]:
             log_epoch(int(row["epoch"]), row)
 
-    x_train, y_train = as_tensors(data.train.images[data.train_idx],
-                                  data.train.labels[data.train_idx], device)
-    x_val, y_val = as_tensors(data.train.images[data.val_idx], data.train.labels[data.val_idx],
-                              device)
+    x_train, y_train = as_tensors(
+        data.train.images[data.train_idx], data.train.labels[data.train_idx], device
+    )
+    x_val, y_val = as_tensors(
+        data.train.images[data.val_idx], data.train.labels[data.val_idx], device
+    )
     normalize = Normalizer(data.mean, data.std, device)
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
         parts = _train_epoch(model, optimizer, x_train, y_train, normalize, loss_cfg, cfg, epoch)
@@ -144,7 +156,9 @@ def train(
         probs = predict_proba(model, x_val, normalize)
         val_labels = y_val.cpu().numpy()
         row = {
-            "epoch": float(epoch), "lr": optimizer.param_groups[0]["lr"], **parts,
+            "epoch": float(epoch),
+            "lr": optimizer.param_groups[0]["lr"],
+            **parts,
             "val_accuracy": float((probs.argmax(1) == val_labels).mean()),
             "val_ece": expected_calibration_error(probs, val_labels),
         }
@@ -153,17 +167,27 @@ def train(
             state.update(best_val_accuracy=row["val_accuracy"], best_epoch=epoch)
             save_checkpoint(checkpoint_dir / "best.pt", model, meta=meta, epoch=epoch)
         state["epoch"] = epoch
-        save_checkpoint(checkpoint_dir / "last.pt", model, meta=meta, epoch=epoch,
-                        optimizer=optimizer, scheduler=scheduler, extra=_progress(state))
+        save_checkpoint(
+            checkpoint_dir / "last.pt",
+            model,
+            meta=meta,
+            epoch=epoch,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            extra=_progress(state),
+        )
         logger.info("epoch %d/%d %s", epoch, cfg.epochs, _fmt(row))
         if log_epoch is not None:
             log_epoch(epoch, row)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
     return TrainResult(
-        best_val_accuracy=state["best_val_accuracy"], best_epoch=state["best_epoch"],
-        epochs=cfg.epochs, resumed_from_epoch=resumed_from,
-        seconds=time.perf_counter() - started, history=state["history"],
+        best_val_accuracy=state["best_val_accuracy"],
+        best_epoch=state["best_epoch"],
+        epochs=cfg.epochs,
+        resumed_from_epoch=resumed_from,
+        seconds=time.perf_counter() - started,
+        history=state["history"],
     )
 
 
@@ -186,13 +210,19 @@ def _train_epoch(
     rng = np.random.default_rng([cfg.seed, epoch])
     totals: dict[str, float] = {}
     steps = num_batches(len(images), cfg.batch_size)
-    bar = tqdm(iterate_batches(images, labels, cfg.batch_size, generator), total=steps,
-               desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None)
+    bar = tqdm(
+        iterate_batches(images, labels, cfg.batch_size, generator),
+        total=steps,
+        desc=f"epoch {epoch}/{cfg.epochs}",
+        leave=False,
+        disable=None,
+    )
     for batch, y in bar:
         if cfg.augment != "none":
-            batch = random_crop_flip(batch, pad=4, flip=cfg.augment == "crop_flip",
-                                     generator=generator)
-        x = _layout(normalize(batch), device)
+            batch = random_crop_flip(
+                batch, pad=4, flip=cfg.augment == "crop_flip", generator=generator
+            )
+        x = normalize(batch).contiguous(memory_format=torch.channels_last)
         with _autocast(device, enabled=cfg.bf16 and device.type == "cuda"):
             loss, parts = compute_loss(model, x, y, loss_cfg, rng)
         optimizer.zero_grad(set_to_none=True)
@@ -231,10 +261,6 @@ def _resume(
 
 def _progress(state: dict[str, Any]) -> dict[str, Any]:
     return {k: state[k] for k in ("best_val_accuracy", "best_epoch", "history")}
-
-
-def _layout(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
 
 
 def _autocast(device: torch.device, enabled: bool) -> torch.autocast:

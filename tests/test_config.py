@@ -47,8 +47,9 @@ def test_bad_values_name_key_and_value(
 ) -> None:
     bad = copy.deepcopy(params)
     bad[section][key] = value
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")
-                       .replace("[", r"\[")):
+    with pytest.raises(
+        ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
+    ):
         load_section(bad, section)
 
 

@@ -27,8 +27,9 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
         Guo et al., ICML 2017, Eq. 3.
     """
     if probs.ndim != 2 or len(probs) != len(labels):
-        raise ValueError(f"probs must be (n, K) matching labels (n,), got {probs.shape} and "
-                         f"{labels.shape}")
+        raise ValueError(
+            f"probs must be (n, K) matching labels (n,), got {probs.shape} and {labels.shape}"
+        )
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
     edges = np.linspace(0.0, 1.0, n_bins + 1)

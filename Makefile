@@ -1,0 +1,47 @@
+# rankcal: two commands on a fresh machine.
+#   make repro   set up, then run the pipeline (dvc repro) on params.yaml
+#   make test    set up, then run the whole test suite
+# Set-up is idempotent: each step is skipped when already done.
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export BENTOML_DO_NOT_TRACK := true
+
+.PHONY: setup system-data repro repro-cifar10 test lint bench-train
+
+setup: $(STAMP) system-data
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+# Debian's dataset-fashion-mnist gives the offline copy; without root or apt-get the download
+# stage falls back to torchvision's download and says so if that fails too.
+system-data:
+	@if [ ! -d $(FASHION_MNIST) ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+repro: setup
+	dvc repro
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check pipeline stages tests bench
+	$(BIN)/ruff format --check pipeline stages tests bench
+
+bench-train: setup
+	$(BIN)/python bench/train_step.py
+
+# The paper's CIFAR-10 recipe as a DVC experiment (GPU and internet needed).
+repro-cifar10: setup
+	dvc exp run $$(python -m stages.preset presets/cifar10_resnet50.yaml)

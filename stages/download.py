@@ -1,0 +1,51 @@
+"""DVC stage `download`: fetch the ID dataset, split it, prepare OOD sets.
+
+Reads the ``data`` params section; writes ``--out`` (arrays, split indices, stats).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pipeline.config import ConfigError, DataConfig, load_section
+from pipeline.data import DataError, load_checksums, prepare_data, save_prepared
+from stages.common import parser, setup
+
+SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--raw", type=Path, default=Path("data/raw"), help="raw download cache")
+    p.add_argument("--out", type=Path, default=Path("data/prepared"), help="prepared data")
+    p.add_argument("--checksums", type=Path, default=Path("checksums/fashion-mnist.sha256"))
+    p.add_argument(
+        "--system-dir",
+        type=Path,
+        default=SYSTEM_FASHION_MNIST,
+        help="local Fashion-MNIST copy (Debian's dataset-fashion-mnist)",
+    )
+    args = p.parse_args(argv)
+    try:
+        cfg: DataConfig = load_section(setup(args), "data")
+        data = prepare_data(
+            cfg.dataset,
+            args.raw,
+            val_fraction=cfg.val_fraction,
+            seed=cfg.seed,
+            ood_names=cfg.ood,
+            max_train=cfg.max_train,
+            max_test=cfg.max_test,
+            system_dir=args.system_dir,
+            checksums=load_checksums(args.checksums),
+        )
+    except (ConfigError, DataError) as err:
+        print(f"download: {err}", file=sys.stderr)
+        return 2
+    save_prepared(data, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

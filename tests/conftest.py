@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny synthetic prepared data and the shipped params as typed config."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pipeline.config import load_section, read_params
+from pipeline.data import ImageSet, PreparedData
+
+ROOT = Path(__file__).parents[1]
+SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+needs_fashion_mnist = pytest.mark.skipif(
+    not SYSTEM_FASHION_MNIST.is_dir(),
+    reason="Debian's dataset-fashion-mnist is not installed (make test installs it as root)",
+)
+
+
+def synthetic_prepared(
+    n: int = 240, classes: int = 4, size: int = 12, seed: int = 0
+) -> PreparedData:
+    """A learnable toy dataset: each class lights up its own quadrant, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % classes
+    images = rng.integers(0, 60, size=(n, size, size, 1), dtype=np.uint8)
+    half = size // 2
+    for k in range(classes):
+        r, c = divmod(k, 2)
+        images[labels == k, r * half : (r + 1) * half, c * half : (c + 1) * half] += 150
+    pool = ImageSet(images, labels.astype(np.int64))
+    idx = np.arange(n)
+    return PreparedData(
+        dataset="synthetic",
+        num_classes=classes,
+        train=pool,
+        test=pool,
+        train_idx=idx[idx % 5 != 0],
+        val_idx=idx[idx % 5 == 0],
+        mean=[0.3],
+        std=[0.3],
+        ood={},
+    )
+
+
+@pytest.fixture
+def params() -> dict[str, Any]:
+    """A fresh, mutable copy of the shipped params.yaml."""
+    return copy.deepcopy(read_params(ROOT / "params.yaml"))
+
+
+def configs(params: dict[str, Any], **overrides: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """Typed ``model``, ``loss``, ``train`` sections with per-section overrides applied."""
+    for section, values in overrides.items():
+        params[section].update(values)
+    return tuple(load_section(params, s) for s in ("model", "loss", "train"))  # type: ignore[return-value]

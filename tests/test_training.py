@@ -1,0 +1,110 @@
+"""The training loop: learning, resuming, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from pipeline.checkpoint import load_checkpoint, load_model
+from pipeline.data import load_checksums, prepare_data
+from pipeline.training import train
+from tests.conftest import (
+    ROOT,
+    SYSTEM_FASHION_MNIST,
+    configs,
+    needs_fashion_mnist,
+    synthetic_prepared,
+)
+
+# no flips: the toy classes are quadrants, which a horizontal flip would swap
+FAST = {"epochs": 3, "batch_size": 32, "lr": 0.05, "threads": 1, "augment": "none"}
+
+
+class KilledError(Exception):
+    pass
+
+
+@pytest.mark.parametrize("loss", ["ce", "ls", "focal", "mixup", "mrl", "mndcg"])
+def test_every_loss_trains_on_toy_data(params: dict[str, Any], tmp_path: Path, loss: str) -> None:
+    model, loss_cfg, cfg = configs(params, loss={"name": loss}, train=FAST)
+    result = train(synthetic_prepared(), model, loss_cfg, cfg, tmp_path)
+    assert result.best_val_accuracy > 0.9  # chance is 0.25
+    assert {"train_loss", "val_accuracy", "val_ece"} <= set(result.history[-1])
+    if loss in ("mrl", "mndcg"):
+        assert "train_rank" in result.history[-1]
+
+
+@pytest.mark.parametrize("mixing", ["cutmix", "manifold"])
+def test_mixing_variants_train(params: dict[str, Any], tmp_path: Path, mixing: str) -> None:
+    model, loss_cfg, cfg = configs(params, loss={"mixing": mixing}, train=FAST)
+    assert train(synthetic_prepared(), model, loss_cfg, cfg, tmp_path).best_val_accuracy > 0.9
+
+
+def test_interrupted_run_resumes_to_the_same_weights(
+    params: dict[str, Any], tmp_path: Path
+) -> None:
+    data = synthetic_prepared()
+    model, loss_cfg, cfg = configs(params, train=FAST)
+    train(data, model, loss_cfg, cfg, tmp_path / "straight")
+
+    def stop_after_first(epoch: int) -> None:
+        if epoch == 1:
+            raise KilledError
+
+    with pytest.raises(KilledError):
+        train(data, model, loss_cfg, cfg, tmp_path / "resumed", on_epoch_end=stop_after_first)
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 1
+    logged: list[int] = []
+    result = train(
+        data,
+        model,
+        loss_cfg,
+        cfg,
+        tmp_path / "resumed",
+        log_epoch=lambda epoch, row: logged.append(epoch),
+    )
+    assert result.resumed_from_epoch == 1
+    assert logged == [1, 2, 3]  # the finished epoch is replayed into the log, then 2 and 3 run
+    straight = load_checkpoint(tmp_path / "straight" / "last.pt")
+    resumed = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    for key, tensor in straight["model"].items():
+        assert torch.equal(tensor, resumed["model"][key]), key
+    assert straight["extra"]["history"] == resumed["extra"]["history"]
+
+
+def test_checkpoint_of_other_params_is_not_resumed(params: dict[str, Any], tmp_path: Path) -> None:
+    data = synthetic_prepared()
+    model, loss_cfg, cfg = configs(params, train={**FAST, "epochs": 1})
+    train(data, model, loss_cfg, cfg, tmp_path)
+    model, loss_cfg, cfg = configs(params, train={**FAST, "epochs": 2, "lr": 0.01})
+    assert train(data, model, loss_cfg, cfg, tmp_path).resumed_from_epoch == 0
+
+
+def test_best_checkpoint_rebuilds_the_model(params: dict[str, Any], tmp_path: Path) -> None:
+    data = synthetic_prepared()
+    model, loss_cfg, cfg = configs(params, train={**FAST, "epochs": 1})
+    train(data, model, loss_cfg, cfg, tmp_path)
+    net, meta = load_model(tmp_path / "best.pt")
+    assert meta["image_shape"] == [12, 12, 1] and meta["num_classes"] == 4
+    assert net(torch.zeros(2, 1, 12, 12)).shape == (2, 4)
+
+
+@needs_fashion_mnist
+def test_fashion_mnist_subset_far_above_chance(params: dict[str, Any], tmp_path: Path) -> None:
+    data = prepare_data(
+        "fashion_mnist",
+        tmp_path / "raw",
+        val_fraction=0.1,
+        seed=0,
+        ood_names=[],
+        max_train=3000,
+        max_test=500,
+        system_dir=SYSTEM_FASHION_MNIST,
+        checksums=load_checksums(ROOT / "checksums" / "fashion-mnist.sha256"),
+    )
+    model, loss_cfg, cfg = configs(params, train={"epochs": 2, "threads": 2})
+    result = train(data, model, loss_cfg, cfg, tmp_path / "ckpt")
+    assert result.best_val_accuracy > 0.7  # chance is 0.1
