@@ -21,7 +21,7 @@ needs_fashion_mnist = pytest.mark.skipif(
 
 
 def synthetic_prepared(
-    n: int = 240, classes: int = 4, size: int = 12, seed: int = 0
+    n: int = 400, classes: int = 4, size: int = 12, seed: int = 0
 ) -> PreparedData:
     """A learnable toy dataset: each class lights up its own quadrant, plus noise."""
     rng = np.random.default_rng(seed)

@@ -20,7 +20,7 @@ from tests.conftest import (
 )
 
 # no flips: the toy classes are quadrants, which a horizontal flip would swap
-FAST = {"epochs": 3, "batch_size": 32, "lr": 0.05, "threads": 1, "augment": "none"}
+FAST = {"epochs": 4, "batch_size": 32, "lr": 0.05, "threads": 1, "augment": "none"}
 
 
 class KilledError(Exception):
@@ -67,7 +67,7 @@ def test_interrupted_run_resumes_to_the_same_weights(
         log_epoch=lambda epoch, row: logged.append(epoch),
     )
     assert result.resumed_from_epoch == 1
-    assert logged == [1, 2, 3]  # the finished epoch is replayed into the log, then 2 and 3 run
+    assert logged == [1, 2, 3, 4]  # the finished epoch is replayed into the log, then 2-4 run
     straight = load_checkpoint(tmp_path / "straight" / "last.pt")
     resumed = load_checkpoint(tmp_path / "resumed" / "last.pt")
     for key, tensor in straight["model"].items():
@@ -100,11 +100,11 @@ def test_fashion_mnist_subset_far_above_chance(params: dict[str, Any], tmp_path:
         val_fraction=0.1,
         seed=0,
         ood_names=[],
-        max_train=3000,
+        max_train=4000,
         max_test=500,
         system_dir=SYSTEM_FASHION_MNIST,
         checksums=load_checksums(ROOT / "checksums" / "fashion-mnist.sha256"),
     )
-    model, loss_cfg, cfg = configs(params, train={"epochs": 2, "threads": 2})
+    model, loss_cfg, cfg = configs(params, train={"epochs": 3, "batch_size": 64, "threads": 2})
     result = train(data, model, loss_cfg, cfg, tmp_path / "ckpt")
     assert result.best_val_accuracy > 0.7  # chance is 0.1

@@ -16,8 +16,8 @@ class MixableNet(nn.Module):
     """A network built as an ordered list of segments, the last of which produces logits.
 
     Mix layer ``0`` is the input image and mix layer ``k`` (``1 <= k < num_segments``) is the
-    output of segment ``k``. The logits are deliberately not a mix point: mixing there would be
-    ordinary label smoothing of the outputs rather than manifold mixup.
+    output of segment ``k``. The logits are deliberately not a mix point: no segment would be left
+    to process the mixture, so it would no longer be manifold mixup.
 
     References:
         Verma et al. 2019, "Manifold Mixup: Better Representations by Interpolating Hidden States".
@@ -108,20 +108,23 @@ class MixableNet(nn.Module):
 
 
 class ClassifierHead(nn.Sequential):
-    """Global average pool, flatten and a linear layer.
+    """Adaptive average pool to a ``grid`` x ``grid`` map, flatten and a linear layer.
 
     Adaptive pooling lets every architecture accept any spatial size its strides can reduce.
+    ``grid=1`` is the usual global average pool; a larger grid keeps coarse layout, which lets
+    shallow networks learn much faster on centred images.
 
     Args:
         in_features: Channels of the incoming feature map.
         num_classes: Number of output logits.
+        grid: Side of the pooled feature map.
     """
 
-    def __init__(self, in_features: int, num_classes: int) -> None:
+    def __init__(self, in_features: int, num_classes: int, grid: int = 1) -> None:
         super().__init__(
-            nn.AdaptiveAvgPool2d(1),
+            nn.AdaptiveAvgPool2d(grid),
             nn.Flatten(),
-            nn.Linear(in_features, num_classes),
+            nn.Linear(in_features * grid * grid, num_classes),
         )
 
 

@@ -70,7 +70,7 @@ def test_param_counts_match_reference_figures(arch: str, expected: int) -> None:
 def test_small_cnn_param_count_by_hand() -> None:
     conv = 3 * 16 * 9 + 16 * 32 * 9 + 32 * 32 * 9 + 32 * 64 * 9
     bn = 2 * (16 + 32 + 32 + 64)
-    linear = 64 * 10 + 10
+    linear = 64 * 3 * 3 * 10 + 10  # the head pools to a 3x3 grid
     assert n_params(cached_model("small_cnn", 3)) == conv + bn + linear
 
 
