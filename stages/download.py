@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             max_train=cfg.max_train,
             max_test=cfg.max_test,
             system_dir=args.system_dir,
-            checksums=load_checksums(args.checksums),
+            checksums={"fashion_mnist": load_checksums(args.checksums)},
         )
     except (ConfigError, DataError) as err:
         print(f"download: {err}", file=sys.stderr)

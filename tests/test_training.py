@@ -103,7 +103,7 @@ def test_fashion_mnist_subset_far_above_chance(params: dict[str, Any], tmp_path:
         max_train=4000,
         max_test=500,
         system_dir=SYSTEM_FASHION_MNIST,
-        checksums=load_checksums(ROOT / "checksums" / "fashion-mnist.sha256"),
+        checksums={"fashion_mnist": load_checksums(ROOT / "checksums" / "fashion-mnist.sha256")},
     )
     model, loss_cfg, cfg = configs(params, train={"epochs": 3, "batch_size": 64, "threads": 2})
     result = train(data, model, loss_cfg, cfg, tmp_path / "ckpt")

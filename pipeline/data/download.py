@@ -6,7 +6,7 @@ import gzip
 import hashlib
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.error import URLError
 
@@ -17,6 +17,8 @@ from pipeline.io import atomic_path
 logger = logging.getLogger(__name__)
 
 Downloader = Callable[[str, Path], None]
+# dataset name -> {decompressed file name -> SHA-256}
+Checksums = Mapping[str, Mapping[str, str]]
 """Puts the raw files of dataset ``name`` under ``raw_dir`` in torchvision's layout."""
 
 _CHUNK = 1 << 20
@@ -109,14 +111,16 @@ def dataset_dir(name: str, raw_dir: Path) -> Path:
     return Path(raw_dir) / _LAYOUTS[name][0]
 
 
-def _expected_digests(name: str, checksums: dict[str, str] | None) -> dict[str, str | None]:
+def _expected_digests(name: str, checksums: Checksums | None) -> dict[str, str | None]:
     files = _LAYOUTS[name][1]
-    if checksums is None:
+    # Tables are per dataset: MNIST and Fashion-MNIST share file names but not contents.
+    table = None if checksums is None else checksums.get(name)
+    if table is None:
         return dict.fromkeys(files)
-    missing = [f for f in files if f not in checksums]
+    missing = [f for f in files if f not in table]
     if missing:
         raise DataError(f"no checksum recorded for {name} file(s) {missing}")
-    return {f: checksums[f] for f in files}
+    return {f: table[f] for f in files}
 
 
 def _decompress(src: Path, dest: Path, expected: str | None) -> None:
@@ -197,7 +201,7 @@ def fetch_dataset(
     raw_dir: Path,
     *,
     system_dir: Path | None = None,
-    checksums: dict[str, str] | None = None,
+    checksums: Checksums | None = None,
     downloader: Downloader | None = None,
 ) -> Path:
     """Ensure dataset ``name``'s raw files exist under ``raw_dir``; idempotent.
@@ -209,7 +213,9 @@ def fetch_dataset(
         name: One of the ID dataset names.
         raw_dir: Root of the raw-data tree (torchvision's layout).
         system_dir: Folder with Fashion-MNIST's ``.gz`` files, e.g. Debian's package folder.
-        checksums: SHA-256 per decompressed file name; when given, every file is verified.
+        checksums: SHA-256 tables by dataset name, each mapping a decompressed file name to its
+            digest; the files of a dataset with a table are all verified. Datasets without
+            one rely on torchvision's own download check.
         downloader: Fetches missing files; defaults to :func:`torchvision_downloader`.
 
     Returns:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.download import Downloader, fetch_dataset
+from pipeline.data.download import Checksums, Downloader, fetch_dataset
 from pipeline.data.errors import DataError
 from pipeline.data.ood import OOD_NAMES, load_ood
 from pipeline.data.readers import ImageSet, load_id_dataset, num_classes
@@ -68,7 +68,7 @@ def prepare_data(
     max_train: int | None = None,
     max_test: int | None = None,
     system_dir: Path | None = None,
-    checksums: dict[str, str] | None = None,
+    checksums: Checksums | None = None,
     downloader: Downloader | None = None,
     ood_count: int | None = None,
 ) -> PreparedData:

@@ -104,7 +104,7 @@ def test_system_dir_is_decompressed_and_verified(tmp_path: Path, system_dir: Pat
         "fashion_mnist",
         tmp_path / "raw",
         system_dir=system_dir,
-        checksums=sums,
+        checksums={"fashion_mnist": sums},
         downloader=_must_not_download,
     )
     assert folder == tmp_path / "raw" / "FashionMNIST" / "raw"
@@ -118,7 +118,12 @@ def test_bad_checksum_from_system_dir_leaves_no_file(tmp_path: Path, system_dir:
     sums = _decompressed_sums(system_dir)
     sums["t10k-labels-idx1-ubyte"] = "f" * 64
     with pytest.raises(ChecksumError, match="t10k-labels-idx1-ubyte"):
-        fetch_dataset("fashion_mnist", tmp_path / "raw", system_dir=system_dir, checksums=sums)
+        fetch_dataset(
+            "fashion_mnist",
+            tmp_path / "raw",
+            system_dir=system_dir,
+            checksums={"fashion_mnist": sums},
+        )
     folder = tmp_path / "raw" / "FashionMNIST" / "raw"
     assert not (folder / "t10k-labels-idx1-ubyte").exists()
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]
@@ -168,12 +173,25 @@ def test_fetch_is_idempotent(tmp_path: Path, fake_downloader: Any, name: str) ->
 def test_downloaded_fashion_is_verified(tmp_path: Path, fake_downloader: Any) -> None:
     sums = dict.fromkeys(MNIST_FILES, "0" * 64)
     with pytest.raises(ChecksumError):
-        fetch_dataset("fashion_mnist", tmp_path, checksums=sums, downloader=fake_downloader)
+        fetch_dataset(
+            "fashion_mnist", tmp_path, checksums={"fashion_mnist": sums}, downloader=fake_downloader
+        )
+
+
+def test_checksum_tables_apply_to_their_own_dataset_only(
+    tmp_path: Path, fake_downloader: Any
+) -> None:
+    # MNIST has Fashion-MNIST's file names: Fashion-MNIST's table must not be applied to it.
+    wrong_for_mnist = {"fashion_mnist": dict.fromkeys(MNIST_FILES, "0" * 64)}
+    for name in ("mnist", "cifar10"):
+        assert fetch_dataset(name, tmp_path, checksums=wrong_for_mnist, downloader=fake_downloader)
 
 
 def test_checksums_missing_an_entry_are_rejected(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no checksum recorded"):
-        fetch_dataset("fashion_mnist", tmp_path, checksums={"train-images-idx3-ubyte": "0" * 64})
+        fetch_dataset(
+            "fashion_mnist", tmp_path, checksums={"fashion_mnist": {"train-images-idx3-ubyte": "0"}}
+        )
 
 
 def test_unknown_dataset_is_rejected(tmp_path: Path) -> None:
@@ -209,7 +227,7 @@ def test_real_system_fashion_mnist_matches_repo_checksums(tmp_path: Path) -> Non
         "fashion_mnist",
         tmp_path,
         system_dir=SYSTEM_FASHION,
-        checksums=load_checksums(REPO_CHECKSUMS),
+        checksums={"fashion_mnist": load_checksums(REPO_CHECKSUMS)},
         downloader=_must_not_download,
     )
     assert (folder / "train-images-idx3-ubyte").stat().st_size == 47_040_016
