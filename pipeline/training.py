@@ -57,12 +57,27 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def source_digest() -> str:
+    """Hash of this package's source: a checkpoint written by other code is not resumed.
+
+    DVC reruns training when the code changes; without this, the rerun would find the old
+    run's finished checkpoint and skip training with the new code.
+    """
+    digest = hashlib.sha256()
+    package = Path(__file__).parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def fingerprint(
     data: PreparedData, model: ModelConfig, loss: LossConfig, train: TrainConfig
 ) -> str:
     """Hash of everything that shapes the weights; a checkpoint resumes only a matching run."""
     ignored = {"device", "threads"}  # where a run executes does not change what it computes
     payload = {
+        "code": source_digest(),
         "data": [data.dataset, len(data.train_idx), len(data.val_idx), data.mean, data.std],
         "model": dataclasses.asdict(model),
         "loss": dataclasses.asdict(loss),

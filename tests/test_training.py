@@ -108,3 +108,13 @@ def test_fashion_mnist_subset_far_above_chance(params: dict[str, Any], tmp_path:
     model, loss_cfg, cfg = configs(params, train={"epochs": 3, "batch_size": 64, "threads": 2})
     result = train(data, model, loss_cfg, cfg, tmp_path / "ckpt")
     assert result.best_val_accuracy > 0.7  # chance is 0.1
+
+
+def test_checkpoint_of_other_code_is_not_resumed(
+    params: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = synthetic_prepared()
+    model, loss_cfg, cfg = configs(params, train={**FAST, "epochs": 1})
+    train(data, model, loss_cfg, cfg, tmp_path)
+    monkeypatch.setattr("pipeline.training.source_digest", lambda: "edited code")
+    assert train(data, model, loss_cfg, cfg, tmp_path).resumed_from_epoch == 0
