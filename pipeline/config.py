@@ -20,6 +20,16 @@ ID_DATASETS = ("fashion_mnist", "cifar10", "cifar100", "svhn", "mnist")
 OOD_DATASETS = ("digits", "noise", "mnist", "svhn", "cifar100")
 ARCHS = ("small_cnn", "resnet18", "resnet34", "resnet50", "wrn16_4", "wrn28_10")
 LOSSES = ("ce", "ls", "focal", "mixup", "mrl", "mndcg")
+CORRUPTIONS = (
+    "gaussian_noise",
+    "gaussian_blur",
+    "contrast",
+    "rotation",
+    "brightness",
+    "pixelate",
+    "impulse_noise",
+    "occlusion",
+)
 
 
 class ConfigError(ValueError):
@@ -136,11 +146,37 @@ class TrainConfig:
             _check("train.threads", self.threads, self.threads >= 1, ">= 1 or null")
 
 
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """``evaluate`` section: calibration bins, OOD threshold, shift study, serving reference."""
+
+    n_bins: int
+    batch_size: int
+    ood_tpr: float
+    corruptions: list[str]
+    severities: list[int]
+    shift_images: int | None
+    reference_bins: int
+
+    def __post_init__(self) -> None:
+        _check("evaluate.n_bins", self.n_bins, self.n_bins >= 1, ">= 1")
+        _check("evaluate.batch_size", self.batch_size, self.batch_size >= 1, ">= 1")
+        _check("evaluate.ood_tpr", self.ood_tpr, 0 < self.ood_tpr < 1, "in (0, 1)")
+        for name in self.corruptions:
+            _choice("evaluate.corruptions", name, CORRUPTIONS)
+        for level in self.severities:
+            _check("evaluate.severities", self.severities, 1 <= level <= 5, "in 1..5")
+        if self.shift_images is not None:
+            _check("evaluate.shift_images", self.shift_images, self.shift_images >= 10, ">= 10")
+        _check("evaluate.reference_bins", self.reference_bins, self.reference_bins >= 2, ">= 2")
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "model": ModelConfig,
     "loss": LossConfig,
     "train": TrainConfig,
+    "evaluate": EvaluateConfig,
 }
 
 T = TypeVar("T")

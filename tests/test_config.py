@@ -25,6 +25,7 @@ def test_shipped_params_parse(params: dict[str, Any]) -> None:
     assert isinstance(load_section(params, "train"), TrainConfig)
     load_section(params, "data")
     load_section(params, "model")
+    load_section(params, "evaluate")
 
 
 @pytest.mark.parametrize(
@@ -81,3 +82,10 @@ def test_copies_per_loss(params: dict[str, Any]) -> None:
         changed = copy.deepcopy(params)
         changed["loss"]["name"] = name
         assert load_section(changed, "loss").copies == copies
+
+
+def test_corruption_names_match_the_library() -> None:
+    from pipeline.config import CORRUPTIONS
+    from pipeline.data.corruptions import CORRUPTIONS as LIBRARY
+
+    assert set(CORRUPTIONS) == set(LIBRARY)

@@ -35,6 +35,9 @@ def project(tmp_path: Path, params: dict[str, Any]) -> Path:
             shutil.copy(src, tmp_path / name)
     params["data"].update(max_train=600, max_test=200)
     params["train"].update(epochs=2, batch_size=64, threads=2)
+    params["evaluate"].update(
+        corruptions=["gaussian_noise", "rotation"], severities=[1, 3], shift_images=100
+    )
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], tmp_path)
     run(["dvc", "init", "-q"], tmp_path)
@@ -54,11 +57,21 @@ def test_dvc_repro_runs_then_reports_nothing_changed(project: Path) -> None:
     assert (project / "dvclive" / "train" / "plots" / "metrics" / "val_ece.tsv").is_file()
     meta = json.loads((project / "data" / "prepared" / "meta.json").read_text())
     assert meta["sizes"]["train"] + meta["sizes"]["val"] == 600
+    evaluation = json.loads((project / "metrics" / "eval.json").read_text())
+    assert {"raw", "scaled"} == set(evaluation["test"])
+    assert set(evaluation["ood"]) == {"digits", "noise"}
+    assert set(evaluation["shift"]) == {"clean", "gaussian_noise", "rotation"}
+    serving = json.loads((project / "models" / "calibration.json").read_text())
+    assert serving["class_names"][0] == "T-shirt/top" and serving["temperature"] > 0
 
     again = run(["dvc", "repro"], project)
     assert "Data and pipelines are up to date" in again
     shown = run(["dvc", "metrics", "show", "--json"], project)
-    assert "best_val_accuracy" in shown
+    assert "best_val_accuracy" in shown and "adaptive_ece" in shown
+    rendered = run(["dvc", "plots", "show", "-o", str(project / "rendered")], project)
+    assert (project / "rendered" / "index.html").is_file(), rendered
+    html = (project / "rendered" / "index.html").read_text()
+    assert "Reliability diagram" in html and "reliability.png" in html
     status = run(["dvc", "status"], project)
     assert "up to date" in status
 

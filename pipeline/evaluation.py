@@ -1,0 +1,176 @@
+"""Evaluation of a trained model: calibration before/after temperature scaling, OOD detection,
+calibration under synthetic shift, and the reference statistics serving needs.
+
+Inputs go through :func:`pipeline.preprocessing.to_model_input`, the function the service uses,
+so evaluation and serving cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from pipeline.calibration import estimated_accuracy, fit_temperature, softmax
+from pipeline.config import EvaluateConfig
+from pipeline.data.classes import class_names
+from pipeline.data.corruptions import corrupt
+from pipeline.data.prepared import PreparedData
+from pipeline.data.split import stratified_subset
+from pipeline.metrics.calibration import calibration_report, expected_calibration_error
+from pipeline.metrics.ood import max_softmax, ood_report, threshold_at_tpr
+from pipeline.preprocessing import to_model_input
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Evaluation:
+    """Everything the evaluate stage reports and plots.
+
+    Attributes:
+        metrics: The JSON-ready metrics tree (``metrics/eval.json``).
+        test_logits: Logits of the test set.
+        test_labels: Labels of the test set.
+        ood_logits: Logits of every OOD set.
+        temperature: The fitted temperature (applied as ``softmax(z / T)``).
+        serving: The reference statistics serving needs (``calibration.json``).
+    """
+
+    metrics: dict[str, Any]
+    test_logits: np.ndarray
+    test_labels: np.ndarray
+    ood_logits: dict[str, np.ndarray]
+    temperature: float
+    serving: dict[str, Any] = field(default_factory=dict)
+
+
+def predict_logits(
+    model: nn.Module, images: np.ndarray, mean: list[float], std: list[float], batch_size: int
+) -> np.ndarray:
+    """Logits of uint8 NHWC ``images`` (eval mode, CPU or the model's device), float64."""
+    model.eval()
+    device = next(model.parameters()).device
+    outs = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            x = torch.from_numpy(to_model_input(images[start : start + batch_size], mean, std))
+            x = x.to(device).contiguous(memory_format=torch.channels_last)
+            outs.append(model(x).float().cpu())
+    if not outs:
+        return np.zeros((0, 0))
+    return torch.cat(outs).double().numpy()
+
+
+def evaluate(model: nn.Module, data: PreparedData, cfg: EvaluateConfig) -> Evaluation:
+    """Evaluate ``model`` on ``data``'s validation, test and OOD sets.
+
+    The temperature is fitted on the validation split by NLL; every calibration and OOD metric
+    is reported before (``raw``) and after (``scaled``) dividing the logits by it.
+
+    Args:
+        model: A trained classifier.
+        data: The prepared dataset (its validation split fits the temperature).
+        cfg: The ``evaluate`` section.
+
+    Returns:
+        Metrics, logits and the serving reference.
+    """
+
+    def logits_of(images: np.ndarray) -> np.ndarray:
+        return predict_logits(model, images, data.mean, data.std, cfg.batch_size)
+
+    val_images = data.train.images[data.val_idx]
+    val_labels = data.train.labels[data.val_idx]
+    val_logits = logits_of(val_images)
+    fit = fit_temperature(val_logits, val_labels)
+    t = fit.temperature
+    test_logits = logits_of(data.test.images)
+    labels = data.test.labels
+    metrics: dict[str, Any] = {
+        "temperature": asdict(fit),
+        "test": {
+            "raw": calibration_report(softmax(test_logits), labels, cfg.n_bins),
+            "scaled": calibration_report(softmax(test_logits, t), labels, cfg.n_bins),
+        },
+        "val": {
+            "raw": calibration_report(softmax(val_logits), val_labels, cfg.n_bins),
+            "scaled": calibration_report(softmax(val_logits, t), val_labels, cfg.n_bins),
+        },
+    }
+    ood_logits = {name: logits_of(images) for name, images in data.ood.items()}
+    metrics["ood"] = {
+        name: {"raw": ood_report(test_logits, z), "scaled": ood_report(test_logits / t, z / t)}
+        for name, z in ood_logits.items()
+    }
+    metrics["shift"] = shift_study(logits_of, data, cfg, t)
+    val_conf = max_softmax(val_logits / t)
+    test_conf = max_softmax(test_logits / t)
+    serving = serving_reference(data, t, threshold_at_tpr(val_conf, cfg.ood_tpr), test_conf, cfg)
+    return Evaluation(metrics, test_logits, labels, ood_logits, t, serving)
+
+
+def shift_study(
+    logits_of: Any, data: PreparedData, cfg: EvaluateConfig, temperature: float
+) -> dict[str, Any]:
+    """Accuracy, ECE and confidence-estimated accuracy on corrupted test images.
+
+    The estimate is the mean calibrated top-1 confidence (what serving publishes as
+    "estimated accuracy"); ``estimation_error`` is its distance to the true accuracy, in points.
+
+    References:
+        Hendrycks & Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions
+        and Perturbations", ICLR 2019; Guillory et al., "Predicting with Confidence on Unseen
+        Distributions", ICCV 2021.
+    """
+    images, labels = data.test.images, data.test.labels
+    if cfg.shift_images is not None and cfg.shift_images < len(labels):
+        keep = stratified_subset(labels, cfg.shift_images, seed=0)
+        images, labels = images[keep], labels[keep]
+    rows = [("clean", 0, images)]
+    rows += [(name, level, None) for name in cfg.corruptions for level in cfg.severities]
+    results: dict[str, Any] = {}
+    for name, level, clean in tqdm(rows, desc="shift", leave=False, disable=None):
+        batch = clean if clean is not None else corrupt(images, name, level, seed=level)
+        probs = softmax(logits_of(batch), temperature)
+        acc = float((probs.argmax(1) == labels).mean())
+        estimate = estimated_accuracy(probs)
+        results.setdefault(name, {})[str(level)] = {
+            "accuracy": 100 * acc,
+            "ece": 100 * expected_calibration_error(probs, labels, cfg.n_bins),
+            "estimated_accuracy": 100 * estimate,
+            "estimation_error": 100 * abs(estimate - acc),
+        }
+    return results
+
+
+def serving_reference(
+    data: PreparedData,
+    temperature: float,
+    ood_threshold: float,
+    test_confidence: np.ndarray,
+    cfg: EvaluateConfig,
+) -> dict[str, Any]:
+    """What the service needs besides the network: one JSON-ready mapping."""
+    edges = np.linspace(0.0, 1.0, cfg.reference_bins + 1)
+    counts, _ = np.histogram(test_confidence, bins=edges)
+    return {
+        "dataset": data.dataset,
+        "class_names": class_names(data.dataset, data.num_classes),
+        "image_shape": list(data.image_shape),
+        "mean": list(data.mean),
+        "std": list(data.std),
+        "temperature": temperature,
+        "ood_threshold": ood_threshold,
+        "ood_tpr": cfg.ood_tpr,
+        "reference_confidence": {
+            "bin_edges": edges.tolist(),
+            "counts": counts.tolist(),
+            "mean": float(test_confidence.mean()),
+        },
+    }

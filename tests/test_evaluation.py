@@ -1,0 +1,95 @@
+"""Evaluation of a trained toy model: metrics tree, temperature use, serving reference, plots."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pipeline.checkpoint import load_model
+from pipeline.config import load_section
+from pipeline.evaluation import evaluate
+from pipeline.plots import write_plot_data
+from pipeline.training import train
+from tests.conftest import configs, synthetic_prepared
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, Path]:
+    from pipeline.config import read_params
+    from tests.conftest import ROOT
+
+    params = read_params(ROOT / "params.yaml")
+    base = synthetic_prepared()
+    rng = np.random.default_rng(0)
+    ood = {"noise": rng.integers(0, 256, size=(50, 12, 12, 1), dtype=np.uint8)}
+    data = dataclasses.replace(base, ood=ood)
+    model_cfg, loss_cfg, train_cfg = configs(
+        params, train={"epochs": 2, "batch_size": 32, "threads": 1, "augment": "none"}
+    )
+    ckpt = tmp_path_factory.mktemp("ckpt")
+    train(data, model_cfg, loss_cfg, train_cfg, ckpt)
+    params["evaluate"].update(
+        corruptions=["gaussian_noise", "contrast"], severities=[1, 5], shift_images=40
+    )
+    cfg = load_section(params, "evaluate")
+    model, _ = load_model(ckpt / "best.pt")
+    return evaluate(model, data, cfg), data, ckpt
+
+
+def test_metrics_tree_reports_raw_and_scaled(evaluated: tuple[Any, Any, Path]) -> None:
+    result, _, _ = evaluated
+    m = result.metrics
+    for split in ("test", "val"):
+        assert set(m[split]) == {"raw", "scaled"}
+        assert {"accuracy", "ece", "adaptive_ece", "classwise_ece", "nll", "brier"} <= set(
+            m[split]["raw"]
+        )
+    # T is fitted by validation NLL, so scaling cannot make validation NLL worse
+    assert m["val"]["scaled"]["nll"] <= m["val"]["raw"]["nll"] + 1e-9
+    assert m["temperature"]["temperature"] == result.temperature > 0
+    assert set(m["ood"]) == {"noise"} and set(m["ood"]["noise"]) == {"raw", "scaled"}
+
+
+def test_shift_study_has_every_corruption_and_severity(evaluated: tuple[Any, Any, Path]) -> None:
+    shift = evaluated[0].metrics["shift"]
+    assert set(shift) == {"clean", "gaussian_noise", "contrast"}
+    assert set(shift["contrast"]) == {"1", "5"}
+    row = shift["contrast"]["5"]
+    assert row["estimation_error"] == pytest.approx(
+        abs(row["estimated_accuracy"] - row["accuracy"])
+    )
+    assert 0 <= row["accuracy"] <= 100 and 0 <= row["ece"] <= 100
+
+
+def test_serving_reference(evaluated: tuple[Any, Any, Path]) -> None:
+    result, data, _ = evaluated
+    ref = result.serving
+    assert ref["temperature"] == result.temperature
+    assert ref["class_names"] == [f"class_{k}" for k in range(4)]
+    assert ref["mean"] == data.mean and ref["image_shape"] == [12, 12, 1]
+    hist = ref["reference_confidence"]
+    assert len(hist["bin_edges"]) == len(hist["counts"]) + 1 == 21
+    assert sum(hist["counts"]) == len(data.test.labels)
+    assert 0 < ref["ood_threshold"] <= 1  # the toy task is easy: confidences saturate
+
+
+def test_plot_files(evaluated: tuple[Any, Any, Path], tmp_path: Path) -> None:
+    result, _, _ = evaluated
+    write_plot_data(
+        tmp_path, result.test_logits, result.test_labels, result.ood_logits, result.temperature, 15
+    )
+    names = {p.name for p in tmp_path.iterdir()}
+    assert names == {
+        "reliability_raw.csv",
+        "reliability_scaled.csv",
+        "roc_noise.csv",
+        "confusion.csv",
+        "reliability.png",
+    }
+    assert (tmp_path / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = (tmp_path / "confusion.csv").read_text().splitlines()
+    assert rows[0] == "actual,predicted" and len(rows) == len(result.test_labels) + 1
