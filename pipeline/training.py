@@ -265,7 +265,7 @@ def _resume(
         return fresh
     ckpt = load_checkpoint(path)
     if ckpt["meta"]["fingerprint"] != expected:
-        logger.warning("ignoring %s: it was written by a run with other parameters", path)
+        logger.warning("ignoring %s: it was written by a run with other parameters or code", path)
         return fresh
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
