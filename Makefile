@@ -11,7 +11,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: setup system-data repro repro-cifar10 test lint bench-train
+.PHONY: setup system-data repro repro-cifar10 test lint bench-train study
 
 setup: $(STAMP) system-data
 
@@ -45,3 +45,7 @@ bench-train: setup
 # The paper's CIFAR-10 recipe as a DVC experiment (GPU and internet needed).
 repro-cifar10: setup
 	dvc exp run $$(python -m stages.preset presets/cifar10_resnet50.yaml)
+
+# The loss comparison study (params.yaml's `study` section); about 15 minutes on 2 CPU cores.
+study: setup
+	python -m stages.study

@@ -171,12 +171,34 @@ class EvaluateConfig:
         _check("evaluate.reference_bins", self.reference_bins, self.reference_bins >= 2, ">= 2")
 
 
+@dataclass(frozen=True)
+class StudyConfig:
+    """``study`` section: the regime of the loss comparison (``make study``).
+
+    The other sections supply everything else (dataset, model, optimiser, loss settings), so the
+    study differs from the main run only in what is named here.
+    """
+
+    max_train: int
+    epochs: int
+    augment: Literal["crop_flip", "crop", "none"]
+    losses: list[str]
+
+    def __post_init__(self) -> None:
+        _check("study.max_train", self.max_train, self.max_train >= 10, ">= 10")
+        _check("study.epochs", self.epochs, self.epochs >= 1, ">= 1")
+        _check("study.losses", self.losses, len(self.losses) >= 1, "a non-empty list")
+        for name in self.losses:
+            _choice("study.losses", name, LOSSES)
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "model": ModelConfig,
     "loss": LossConfig,
     "train": TrainConfig,
     "evaluate": EvaluateConfig,
+    "study": StudyConfig,
 }
 
 T = TypeVar("T")
