@@ -5,20 +5,35 @@ Reads the ``data`` params section; writes ``--out`` (arrays, split indices, stat
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 from pipeline.config import ConfigError, DataConfig, load_section
-from pipeline.data import DataError, load_checksums, prepare_data, save_prepared
+from pipeline.data import DataError, PreparedData, load_checksums, prepare_data, save_prepared
 from stages.common import parser, setup
 
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = parser(__doc__.splitlines()[0])
+def prepare(cfg: DataConfig, args: argparse.Namespace, max_train: int | None) -> PreparedData:
+    """Prepare the ``data`` section's dataset from ``--raw``, ``--system-dir``, ``--checksums``."""
+    return prepare_data(
+        cfg.dataset,
+        args.raw,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+        ood_names=cfg.ood,
+        max_train=max_train,
+        max_test=cfg.max_test,
+        system_dir=args.system_dir,
+        checksums={"fashion_mnist": load_checksums(args.checksums)},
+    )
+
+
+def add_source_args(p: argparse.ArgumentParser) -> None:
+    """Where raw data comes from: the download cache, the checksum list, the system copy."""
     p.add_argument("--raw", type=Path, default=Path("data/raw"), help="raw download cache")
-    p.add_argument("--out", type=Path, default=Path("data/prepared"), help="prepared data")
     p.add_argument("--checksums", type=Path, default=Path("checksums/fashion-mnist.sha256"))
     p.add_argument(
         "--system-dir",
@@ -26,20 +41,16 @@ def main(argv: list[str] | None = None) -> int:
         default=SYSTEM_FASHION_MNIST,
         help="local Fashion-MNIST copy (Debian's dataset-fashion-mnist)",
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__.splitlines()[0])
+    add_source_args(p)
+    p.add_argument("--out", type=Path, default=Path("data/prepared"), help="prepared data")
     args = p.parse_args(argv)
     try:
         cfg: DataConfig = load_section(setup(args), "data")
-        data = prepare_data(
-            cfg.dataset,
-            args.raw,
-            val_fraction=cfg.val_fraction,
-            seed=cfg.seed,
-            ood_names=cfg.ood,
-            max_train=cfg.max_train,
-            max_test=cfg.max_test,
-            system_dir=args.system_dir,
-            checksums={"fashion_mnist": load_checksums(args.checksums)},
-        )
+        data = prepare(cfg, args, max_train=cfg.max_train)
     except (ConfigError, DataError) as err:
         print(f"download: {err}", file=sys.stderr)
         return 2
