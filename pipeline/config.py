@@ -172,6 +172,26 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class TunedRun:
+    """A named study row with RankMixup settings found on the validation split."""
+
+    name: str
+    loss: str
+    weight: float
+    margin: float
+    alpha: float
+    num_mixes: int
+    mrl_mask: Literal["faithful", "per_sample"]
+
+    def __post_init__(self) -> None:
+        _choice("study.tuned.loss", self.loss, ("mrl", "mndcg"))
+        _check("study.tuned.weight", self.weight, self.weight >= 0, ">= 0")
+        _check("study.tuned.margin", self.margin, self.margin >= 0, ">= 0")
+        _check("study.tuned.alpha", self.alpha, self.alpha > 0, "> 0")
+        _check("study.tuned.num_mixes", self.num_mixes, self.num_mixes >= 1, ">= 1")
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """``study`` section: the regime of the loss comparison (``make study``).
 
@@ -183,6 +203,7 @@ class StudyConfig:
     epochs: int
     augment: Literal["crop_flip", "crop", "none"]
     losses: list[str]
+    tuned: list[TunedRun]
 
     def __post_init__(self) -> None:
         _check("study.max_train", self.max_train, self.max_train >= 10, ">= 10")
@@ -255,6 +276,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if origin is Literal:
         _choice(key, value, args)
         return value
+    if dataclasses.is_dataclass(hint):
+        return parse_dataclass(hint, value, key)  # type: ignore[arg-type]
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key} must be a list, got {value!r}")

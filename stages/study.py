@@ -40,6 +40,21 @@ def main(argv: list[str] | None = None) -> int:
         milestones=[m for m in train_cfg.milestones if m < study.epochs],
     )
     runs = [StudyRun(name, dataclasses.replace(loss_cfg, name=name)) for name in study.losses]
+    runs += [
+        StudyRun(
+            t.name,
+            dataclasses.replace(
+                loss_cfg,
+                name=t.loss,
+                weight=t.weight,
+                margin=t.margin,
+                alpha=t.alpha,
+                num_mixes=t.num_mixes,
+                mrl_mask=t.mrl_mask,
+            ),
+        )
+        for t in study.tuned
+    ]
     rows = run_study(data, runs, model_cfg, train_cfg, eval_cfg, args.work)
     write_table(rows, args.out / "results.csv", args.out / "results.md")
     plot_shift(rows, args.out / "shift.png")

@@ -89,3 +89,21 @@ def test_corruption_names_match_the_library() -> None:
     from pipeline.data.corruptions import CORRUPTIONS as LIBRARY
 
     assert set(CORRUPTIONS) == set(LIBRARY)
+
+
+def test_tuned_study_rows_parse_and_name_nested_keys(params: dict[str, Any]) -> None:
+    row = {
+        "name": "mrl_tuned",
+        "loss": "mrl",
+        "weight": 1,
+        "margin": 1.0,
+        "alpha": 2.0,
+        "num_mixes": 1,
+        "mrl_mask": "per_sample",
+    }
+    params["study"]["tuned"] = [row]
+    study = load_section(params, "study")
+    assert study.tuned[0].weight == 1.0 and study.tuned[0].mrl_mask == "per_sample"
+    params["study"]["tuned"] = [{**row, "wieght": 1.0}]
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['study.tuned\[0\].wieght'\]"):
+        load_section(params, "study")
