@@ -68,10 +68,11 @@ def main() -> None:
         loss = dataclasses.replace(loss_cfg, **overrides)
         result = train(data, model_cfg, loss, train_cfg, args.work / name.replace(" ", "_"))
         best = result.history[result.best_epoch - 1]
+        settings = {k: getattr(loss, k) for k in ("name", "weight", "margin", "alpha", "mrl_mask")}
         rows.append(
             {
                 "candidate": name,
-                **overrides,
+                **settings,
                 "val_accuracy": round(100 * best["val_accuracy"], 2),
                 "val_ece": round(100 * best["val_ece"], 3),
                 "seconds": round(time.perf_counter() - started),
@@ -80,7 +81,7 @@ def main() -> None:
         print(rows[-1], flush=True)
     floor = rows[0]["val_accuracy"] - args.max_acc_drop
     for family in ("mrl", "mndcg"):
-        ok = [r for r in rows if r.get("name") == family and r["val_accuracy"] >= floor]
+        ok = [r for r in rows if r["name"] == family and r["val_accuracy"] >= floor]
         if ok:
             pick = min(ok, key=lambda r: r["val_ece"])
             print(
