@@ -46,6 +46,6 @@ bench-train: setup
 repro-cifar10: setup
 	dvc exp run $$(python -m stages.preset presets/cifar10_resnet50.yaml)
 
-# The loss comparison study (params.yaml's `study` section); about 15 minutes on 2 CPU cores.
+# The loss comparison study (params.yaml's `study` section); about 10 minutes on 2 CPU cores.
 study: setup
 	python -m stages.study
