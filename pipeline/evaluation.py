@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -22,9 +21,9 @@ from pipeline.data.classes import class_names
 from pipeline.data.corruptions import corrupt
 from pipeline.data.prepared import PreparedData
 from pipeline.data.split import stratified_subset
+from pipeline.inference import predict_logits
 from pipeline.metrics.calibration import calibration_report, expected_calibration_error
 from pipeline.metrics.ood import max_softmax, ood_report, threshold_at_tpr
-from pipeline.preprocessing import to_model_input
 
 logger = logging.getLogger(__name__)
 
@@ -48,23 +47,6 @@ class Evaluation:
     ood_logits: dict[str, np.ndarray]
     temperature: float
     serving: dict[str, Any] = field(default_factory=dict)
-
-
-def predict_logits(
-    model: nn.Module, images: np.ndarray, mean: list[float], std: list[float], batch_size: int
-) -> np.ndarray:
-    """Logits of uint8 NHWC ``images`` (eval mode, CPU or the model's device), float64."""
-    model.eval()
-    device = next(model.parameters()).device
-    outs = []
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            x = torch.from_numpy(to_model_input(images[start : start + batch_size], mean, std))
-            x = x.to(device).contiguous(memory_format=torch.channels_last)
-            outs.append(model(x).float().cpu())
-    if not outs:
-        return np.zeros((0, 0))
-    return torch.cat(outs).double().numpy()
 
 
 def evaluate(model: nn.Module, data: PreparedData, cfg: EvaluateConfig) -> Evaluation:

@@ -24,9 +24,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pipeline.batches import Normalizer, as_tensors, iterate_batches, num_batches, random_crop_flip
+from pipeline.calibration import softmax
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.config import LossConfig, ModelConfig, TrainConfig
 from pipeline.data.prepared import PreparedData
+from pipeline.inference import predict_logits
 from pipeline.metrics.calibration import expected_calibration_error
 from pipeline.models import MixableNet, build_model
 from pipeline.objective import compute_loss
@@ -84,22 +86,6 @@ def fingerprint(
         "train": {k: v for k, v in dataclasses.asdict(train).items() if k not in ignored},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def predict_proba(
-    model: nn.Module, images: torch.Tensor, normalize: Normalizer, batch_size: int = 512
-) -> np.ndarray:
-    """Softmax probabilities of uint8 NHWC ``images`` in eval mode, as float64 numpy."""
-    model.eval()
-    device = images.device
-    outs = []
-    with torch.no_grad(), _autocast(device, enabled=device.type == "cuda"):
-        for start in range(0, len(images), batch_size):
-            x = normalize(images[start : start + batch_size]).contiguous(
-                memory_format=torch.channels_last
-            )
-            outs.append(model(x).float().softmax(dim=1).cpu())
-    return torch.cat(outs).double().numpy()
 
 
 def train(
@@ -161,15 +147,13 @@ def train(
     x_train, y_train = as_tensors(
         data.train.images[data.train_idx], data.train.labels[data.train_idx], device
     )
-    x_val, y_val = as_tensors(
-        data.train.images[data.val_idx], data.train.labels[data.val_idx], device
-    )
+    val_images = data.train.images[data.val_idx]
+    val_labels = data.train.labels[data.val_idx]
     normalize = Normalizer(data.mean, data.std, device)
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
         parts = _train_epoch(model, optimizer, x_train, y_train, normalize, loss_cfg, cfg, epoch)
         scheduler.step()
-        probs = predict_proba(model, x_val, normalize)
-        val_labels = y_val.cpu().numpy()
+        probs = softmax(predict_logits(model, val_images, data.mean, data.std, batch_size=512))
         row = {
             "epoch": float(epoch),
             "lr": optimizer.param_groups[0]["lr"],
