@@ -16,6 +16,8 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from pipeline.drift import check_edges
+
 ID_DATASETS = ("fashion_mnist", "cifar10", "cifar100", "svhn", "mnist")
 OOD_DATASETS = ("digits", "noise", "mnist", "svhn", "cifar100")
 ARCHS = ("small_cnn", "resnet18", "resnet34", "resnet50", "wrn16_4", "wrn28_10")
@@ -156,7 +158,7 @@ class EvaluateConfig:
     corruptions: list[str]
     severities: list[int]
     shift_images: int | None
-    reference_bins: int
+    reference_edges: list[float]
 
     def __post_init__(self) -> None:
         _check("evaluate.n_bins", self.n_bins, self.n_bins >= 1, ">= 1")
@@ -168,7 +170,10 @@ class EvaluateConfig:
             _check("evaluate.severities", self.severities, 1 <= level <= 5, "in 1..5")
         if self.shift_images is not None:
             _check("evaluate.shift_images", self.shift_images, self.shift_images >= 10, ">= 10")
-        _check("evaluate.reference_bins", self.reference_bins, self.reference_bins >= 2, ">= 2")
+        try:
+            check_edges(self.reference_edges)
+        except ValueError as err:
+            raise ConfigError(f"evaluate.reference_edges: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -213,6 +218,38 @@ class StudyConfig:
             _choice("study.losses", name, LOSSES)
 
 
+@dataclass(frozen=True)
+class ServeConfig:
+    """``serve`` section: the HTTP service's limits, batching and drift window (``serving/``)."""
+
+    port: int
+    workers: int
+    batching: bool
+    max_batch_size: int
+    max_latency_ms: int
+    top_k: int
+    window: int
+    max_request_bytes: int
+    max_image_pixels: int
+    max_batch_items: int
+
+    def __post_init__(self) -> None:
+        _check("serve.port", self.port, 1 <= self.port <= 65535, "in 1..65535")
+        _check("serve.workers", self.workers, self.workers >= 1, ">= 1")
+        _check("serve.max_batch_size", self.max_batch_size, self.max_batch_size >= 1, ">= 1")
+        _check("serve.max_latency_ms", self.max_latency_ms, self.max_latency_ms >= 1, ">= 1")
+        _check("serve.top_k", self.top_k, self.top_k >= 1, ">= 1")
+        _check("serve.window", self.window, self.window >= 10, ">= 10")
+        _check(
+            "serve.max_request_bytes",
+            self.max_request_bytes,
+            self.max_request_bytes >= 1024,
+            ">= 1024",
+        )
+        _check("serve.max_image_pixels", self.max_image_pixels, self.max_image_pixels >= 1, ">= 1")
+        _check("serve.max_batch_items", self.max_batch_items, self.max_batch_items >= 1, ">= 1")
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "model": ModelConfig,
@@ -220,6 +257,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "evaluate": EvaluateConfig,
     "study": StudyConfig,
+    "serve": ServeConfig,
 }
 
 T = TypeVar("T")

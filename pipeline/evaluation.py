@@ -21,6 +21,7 @@ from pipeline.data.classes import class_names
 from pipeline.data.corruptions import corrupt
 from pipeline.data.prepared import PreparedData
 from pipeline.data.split import stratified_subset
+from pipeline.drift import bin_counts
 from pipeline.inference import predict_logits
 from pipeline.metrics.calibration import calibration_report, expected_calibration_error
 from pipeline.metrics.ood import max_softmax, ood_report, threshold_at_tpr
@@ -94,6 +95,9 @@ def evaluate(model: nn.Module, data: PreparedData, cfg: EvaluateConfig) -> Evalu
     val_conf = max_softmax(val_logits / t)
     test_conf = max_softmax(test_logits / t)
     serving = serving_reference(data, t, threshold_at_tpr(val_conf, cfg.ood_tpr), test_conf, cfg)
+    # Alert rules compare live estimated accuracy with what evaluation measured.
+    serving["test_accuracy"] = metrics["test"]["scaled"]["accuracy"]
+    serving["test_ece"] = metrics["test"]["scaled"]["ece"]
     return Evaluation(metrics, test_logits, labels, ood_logits, t, serving)
 
 
@@ -139,8 +143,7 @@ def serving_reference(
     cfg: EvaluateConfig,
 ) -> dict[str, Any]:
     """What the service needs besides the network: one JSON-ready mapping."""
-    edges = np.linspace(0.0, 1.0, cfg.reference_bins + 1)
-    counts, _ = np.histogram(test_confidence, bins=edges)
+    counts = bin_counts(test_confidence, cfg.reference_edges)
     return {
         "dataset": data.dataset,
         "class_names": class_names(data.dataset, data.num_classes),
@@ -151,7 +154,7 @@ def serving_reference(
         "ood_threshold": ood_threshold,
         "ood_tpr": cfg.ood_tpr,
         "reference_confidence": {
-            "bin_edges": edges.tolist(),
+            "bin_edges": [float(e) for e in cfg.reference_edges],
             "counts": counts.tolist(),
             "mean": float(test_confidence.mean()),
         },

@@ -41,6 +41,8 @@ def test_shipped_params_parse(params: dict[str, Any]) -> None:
         ("train", "milestones", [5, 2], "train.milestones must be increasing"),
         ("data", "val_fraction", 1.5, "data.val_fraction must be in (0, 1), got 1.5"),
         ("data", "ood", ["imagenet"], "data.ood must be one of"),
+        ("evaluate", "reference_edges", [0.0, 0.5, 0.4, 1.0], "strictly increasing"),
+        ("evaluate", "reference_edges", [0.1, 1.0], "must run from 0 to 1"),
     ],
 )
 def test_bad_values_name_key_and_value(

@@ -72,8 +72,10 @@ def test_serving_reference(evaluated: tuple[Any, Any, Path]) -> None:
     assert ref["class_names"] == [f"class_{k}" for k in range(4)]
     assert ref["mean"] == data.mean and ref["image_shape"] == [12, 12, 1]
     hist = ref["reference_confidence"]
-    assert len(hist["bin_edges"]) == len(hist["counts"]) + 1 == 21
+    assert hist["bin_edges"][0] == 0.0 and hist["bin_edges"][-1] == 1.0
+    assert len(hist["bin_edges"]) == len(hist["counts"]) + 1
     assert sum(hist["counts"]) == len(data.test.labels)
+    assert ref["test_accuracy"] == result.metrics["test"]["scaled"]["accuracy"]
     assert 0 < ref["ood_threshold"] <= 1  # the toy task is easy: confidences saturate
 
 

@@ -1,0 +1,96 @@
+"""Drift of a confidence distribution against a reference: binning, PSI and KS on binned counts.
+
+NumPy only, because the evaluate stage (which stores the reference) and the service (which
+compares live traffic with it) must bin and score confidences identically. Bins follow the
+Prometheus histogram convention ``lo < c <= hi`` (the first bin also holds ``c == edges[0]``), so
+the service's ``le`` buckets and the stored reference count exactly the same values.
+
+References:
+    Yurdakul 2018, "Statistical Properties of Population Stability Index" (PSI and its usual
+    0.1 / 0.25 thresholds); Massey 1951, "The Kolmogorov-Smirnov Test for Goodness of Fit".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+# Added to both distributions' bin fractions so an empty bin gives a large but finite PSI term.
+PSI_EPSILON = 1e-4
+
+
+def check_edges(edges: Sequence[float]) -> np.ndarray:
+    """Validate histogram edges on [0, 1]: at least two, strictly increasing, from 0 to 1.
+
+    Raises:
+        ValueError: Naming what is wrong with ``edges``.
+    """
+    e = np.asarray(edges, dtype=np.float64)
+    if e.ndim != 1 or e.size < 2:
+        raise ValueError(f"need at least two bin edges, got {list(edges)}")
+    if not np.all(np.diff(e) > 0):
+        raise ValueError(f"bin edges must be strictly increasing, got {list(edges)}")
+    if e[0] != 0.0 or e[-1] != 1.0:
+        raise ValueError(f"bin edges must run from 0 to 1, got {e[0]} .. {e[-1]}")
+    return e
+
+
+def bin_counts(confidence: np.ndarray, edges: Sequence[float]) -> np.ndarray:
+    """Count confidences per bin ``(edges[i], edges[i + 1]]``; values are clipped to [0, 1].
+
+    Args:
+        confidence: Values in [0, 1], any shape.
+        edges: Bin edges as accepted by :func:`check_edges`.
+
+    Returns:
+        Integer counts, one per bin (``len(edges) - 1``).
+    """
+    e = check_edges(edges)
+    c = np.clip(np.asarray(confidence, dtype=np.float64).ravel(), 0.0, 1.0)
+    # side="left" puts c == hi into the bin ending at hi, as Prometheus' le buckets do.
+    idx = np.clip(np.searchsorted(e, c, side="left") - 1, 0, e.size - 2)
+    return np.bincount(idx, minlength=e.size - 1).astype(np.int64)
+
+
+def _fractions(counts: np.ndarray | Sequence[float], what: str) -> np.ndarray:
+    c = np.asarray(counts, dtype=np.float64)
+    if c.ndim != 1 or np.any(c < 0) or not np.all(np.isfinite(c)):
+        raise ValueError(f"{what} must be a 1-D array of non-negative counts")
+    total = c.sum()
+    if total <= 0:
+        raise ValueError(f"{what} is empty")
+    return c / total
+
+
+def psi(observed: np.ndarray | Sequence[float], reference: np.ndarray | Sequence[float]) -> float:
+    """Population stability index ``sum((p - q) * ln((p + eps) / (q + eps)))`` over bins.
+
+    Args:
+        observed: Counts of the window being checked.
+        reference: Counts of the reference distribution over the same bins.
+
+    Returns:
+        PSI >= 0; by convention < 0.1 is stable, 0.1-0.25 moderate, > 0.25 significant drift.
+
+    Raises:
+        ValueError: If the two disagree in length or either is empty.
+    """
+    p, q = _fractions(observed, "observed"), _fractions(reference, "reference")
+    if p.shape != q.shape:
+        raise ValueError(f"observed has {p.size} bins, reference {q.size}")
+    return float(np.sum((p - q) * np.log((p + PSI_EPSILON) / (q + PSI_EPSILON))))
+
+
+def ks_statistic(
+    observed: np.ndarray | Sequence[float], reference: np.ndarray | Sequence[float]
+) -> float:
+    """Kolmogorov-Smirnov distance between two binned distributions: max |CDF_p - CDF_q|.
+
+    Evaluated at the bin edges only, so it is a lower bound of the KS distance of the raw values;
+    finer bins near 1 (where a calibrated model's confidences crowd) tighten it.
+    """
+    p, q = _fractions(observed, "observed"), _fractions(reference, "reference")
+    if p.shape != q.shape:
+        raise ValueError(f"observed has {p.size} bins, reference {q.size}")
+    return float(np.max(np.abs(np.cumsum(p) - np.cumsum(q))))

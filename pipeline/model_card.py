@@ -1,0 +1,98 @@
+"""The model card: everything serving needs besides the network, stored inside the ONNX file.
+
+The export stage writes it into the ONNX model's metadata (key :data:`METADATA_KEY`, JSON), and
+the service reads it back from there, so the served model cannot disagree with the temperature,
+classes, normalisation, OOD threshold or reference distribution it was evaluated with. NumPy and
+the standard library only: the serving image has no torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.config import ConfigError, parse_dataclass
+from pipeline.drift import check_edges
+
+METADATA_KEY = "rankcal"
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("logits", "probabilities")
+
+
+@dataclass(frozen=True)
+class ReferenceConfidence:
+    """Histogram of calibrated top-1 confidence on the test set (``lo < c <= hi`` bins)."""
+
+    bin_edges: list[float]
+    counts: list[int]
+    mean: float
+
+    def __post_init__(self) -> None:
+        try:
+            check_edges(self.bin_edges)
+        except ValueError as err:
+            raise ConfigError(f"reference_confidence.bin_edges: {err}") from None
+        if len(self.counts) != len(self.bin_edges) - 1 or sum(self.counts) <= 0:
+            raise ConfigError(
+                f"reference_confidence.counts needs {len(self.bin_edges) - 1} counts with a "
+                f"positive total, got {self.counts}"
+            )
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What the evaluate stage measured and serving must apply, with the model's version.
+
+    ``image_shape`` is ``(H, W, C)`` of the model input; ``mean``/``std`` are per channel on the
+    [0, 1] scale; ``temperature`` is already folded into the ONNX graph's outputs and is kept for
+    the record; accuracies and ECE are percent, as in ``metrics/eval.json``.
+    """
+
+    dataset: str
+    class_names: list[str]
+    image_shape: list[int]
+    mean: list[float]
+    std: list[float]
+    temperature: float
+    ood_threshold: float
+    ood_tpr: float
+    reference_confidence: ReferenceConfidence
+    test_accuracy: float
+    test_ece: float
+    model_version: str
+
+    def __post_init__(self) -> None:
+        if len(self.image_shape) != 3 or min(self.image_shape) < 1:
+            raise ConfigError(f"image_shape must be (H, W, C), got {self.image_shape}")
+        channels = self.image_shape[2]
+        if len(self.mean) != channels or len(self.std) != channels:
+            raise ConfigError(f"mean/std need {channels} values, got {self.mean} / {self.std}")
+        if len(self.class_names) < 2:
+            raise ConfigError(f"need at least two class names, got {self.class_names}")
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes the model predicts."""
+        return len(self.class_names)
+
+    def to_json(self) -> str:
+        """Serialise, keys sorted so the same card always gives the same bytes."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelCard:
+        """Parse and validate a card; unknown or missing keys raise :class:`ConfigError`."""
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"model card is not JSON: {err}") from None
+        return parse_dataclass(cls, raw, "model_card")
+
+    @classmethod
+    def from_reference(cls, reference: dict[str, Any], model_version: str) -> ModelCard:
+        """Build from the evaluate stage's ``calibration.json`` mapping and a version string."""
+        return parse_dataclass(cls, {**reference, "model_version": model_version}, "model_card")
