@@ -19,23 +19,27 @@ from typing import Any
 
 from pipeline.config import load_section, read_params
 from pipeline.data import load_checksums, prepare_data
+from pipeline.study import study_train_config
 from pipeline.training import train
 
 # (name, loss overrides): the paper's defaults first, then the knobs the paper names
 CANDIDATES: list[tuple[str, dict[str, Any]]] = [
     ("ce", {"name": "ce"}),
     ("mrl w0.1 m2", {"name": "mrl"}),
-    ("mrl w0.5 m2", {"name": "mrl", "weight": 0.5}),
-    ("mrl w1.0 m2", {"name": "mrl", "weight": 1.0}),
     (
         "mrl w0.5 m1 per_sample",
         {"name": "mrl", "weight": 0.5, "margin": 1.0, "mrl_mask": "per_sample"},
     ),
+    (
+        "mrl w1.0 m1 per_sample",
+        {"name": "mrl", "weight": 1.0, "margin": 1.0, "mrl_mask": "per_sample"},
+    ),
     ("mrl w1.0 m2 per_sample", {"name": "mrl", "weight": 1.0, "mrl_mask": "per_sample"}),
     ("mndcg w0.1 a2 N3", {"name": "mndcg"}),
-    ("mndcg w0.5 a2 N3", {"name": "mndcg", "weight": 0.5}),
     ("mndcg w1.0 a2 N3", {"name": "mndcg", "weight": 1.0}),
+    ("mndcg w2.0 a2 N3", {"name": "mndcg", "weight": 2.0}),
     ("mndcg w1.0 a1 N3", {"name": "mndcg", "weight": 1.0, "alpha": 1.0}),
+    ("mndcg w1.0 a2 N2", {"name": "mndcg", "weight": 1.0, "num_mixes": 2}),
 ]
 
 
@@ -61,14 +65,15 @@ def main() -> None:
         system_dir=Path("/usr/share/datasets/fashion-mnist"),
         checksums={"fashion_mnist": load_checksums(Path("checksums/fashion-mnist.sha256"))},
     )
-    train_cfg = dataclasses.replace(train_cfg, epochs=study.epochs, augment=study.augment)
+    train_cfg = study_train_config(train_cfg, study)
     rows = []
     for name, overrides in CANDIDATES:
         started = time.perf_counter()
         loss = dataclasses.replace(loss_cfg, **overrides)
         result = train(data, model_cfg, loss, train_cfg, args.work / name.replace(" ", "_"))
         best = result.history[result.best_epoch - 1]
-        settings = {k: getattr(loss, k) for k in ("name", "weight", "margin", "alpha", "mrl_mask")}
+        keys = ("name", "weight", "margin", "alpha", "num_mixes", "mrl_mask")
+        settings = {k: getattr(loss, k) for k in keys}
         rows.append(
             {
                 "candidate": name,
@@ -96,6 +101,7 @@ def main() -> None:
         "weight",
         "margin",
         "alpha",
+        "num_mixes",
         "mrl_mask",
         "val_accuracy",
         "val_ece",

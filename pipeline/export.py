@@ -4,25 +4,41 @@ The exported graph takes normalised ``float32`` images ``(N, C, H, W)`` (input
 :data:`~pipeline.model_card.INPUT_NAME`, dynamic batch) and returns ``logits`` already divided by
 the fitted temperature and their softmax, ``probabilities``. The :class:`ModelCard` travels in the
 model's metadata, so a served model carries its own calibration and monitoring reference.
+:func:`verify_export` checks a written file against PyTorch and against the evaluate stage's ECE.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 from torch import nn
 
+from pipeline.config import ConfigError
 from pipeline.io import atomic_path
+from pipeline.metrics.calibration import expected_calibration_error
 from pipeline.model_card import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, ModelCard
+from pipeline.preprocessing import to_model_input
 
 logger = logging.getLogger(__name__)
 
 # The dynamo exporter needs opset 18 or newer.
 OPSET = 18
+# Batch sizes compared with PyTorch: 1 and one above the traced 2 prove the batch axis is dynamic.
+PROBE_BATCHES = (1, 64)
+PROB_ATOL = 1e-5  # largest |p_onnx - p_torch| accepted (float32 softmax)
+ECE_ATOL = 1e-4  # largest |ECE_onnx - ECE_evaluate| accepted, in percentage points
+_ORT_ERRORS = (Fail, InvalidArgument, RuntimeException)
 
 
 class CalibratedNet(nn.Module):
@@ -64,7 +80,7 @@ def export_onnx(model: nn.Module, card: ModelCard, path: Path) -> None:
     Raises:
         onnx.checker.ValidationError: If the exported graph is invalid.
     """
-    net = CalibratedNet(model, card.temperature).to("cpu", torch.float32).eval()
+    net = CalibratedNet(copy.deepcopy(model), card.temperature).to("cpu", torch.float32).eval()
     h, w, c = card.image_shape
     dummy = torch.zeros(2, c, h, w)
     batch = torch.export.Dim("batch", min=1)
@@ -88,3 +104,162 @@ def export_onnx(model: nn.Module, card: ModelCard, path: Path) -> None:
     with atomic_path(path) as tmp:
         onnx.save_model(proto, str(tmp))
     logger.info("exported %s (%d classes, T=%.4f)", path, card.num_classes, card.temperature)
+
+
+class ExportError(RuntimeError):
+    """An exported ONNX file failed a check; the message names the check and the numbers."""
+
+
+def verify_export(
+    path: Path,
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    card: ModelCard,
+    expected_ece: float,
+    n_bins: int,
+    batch_size: int,
+    probe_batches: Sequence[int] = PROBE_BATCHES,
+) -> dict[str, Any]:
+    """Check an exported file against PyTorch and against the evaluate stage's ECE.
+
+    Checks, in order: ``onnx.checker``; input/output names, a symbolic batch axis and the card
+    in the metadata; ONNX Runtime (CPU) at every ``probe_batches`` size against ``CalibratedNet``
+    in PyTorch (float32, same preprocessed input): probabilities within :data:`PROB_ATOL` and
+    identical argmax; the ECE of the ONNX probabilities on all of ``images`` against
+    ``expected_ece`` within :data:`ECE_ATOL` (both in percent).
+
+    Args:
+        path: The ``.onnx`` file :func:`export_onnx` wrote.
+        model: The network that was exported (not modified; a CPU float32 copy runs).
+        images: uint8 test images (N, H, W, C), shaped as ``card.image_shape``.
+        labels: Their classes (N,).
+        card: The card the file was exported with.
+        expected_ece: The evaluate stage's scaled test ECE (``test.scaled.ece``), in PERCENT.
+        n_bins: Equal-width bins of that ECE (``evaluate.n_bins``).
+        batch_size: Images per ONNX Runtime call on the whole set.
+        probe_batches: Batch sizes compared with PyTorch (images repeat when N is smaller).
+
+    Returns:
+        The figures: opset, file size, batch sizes, largest differences, ECEs (percent).
+
+    Raises:
+        ExportError: If a check fails.
+        ValueError: If ``images`` do not fit ``card`` or ``labels``.
+    """
+    if images.ndim != 4 or list(images.shape[1:]) != list(card.image_shape):
+        raise ValueError(f"images must be (N, *{card.image_shape}), got {images.shape}")
+    if len(images) == 0 or labels.shape != (len(images),):
+        raise ValueError(f"need N >= 1 images and (N,) labels, got {images.shape}, {labels.shape}")
+    opset = _check_graph(path, card)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    parity = _compare_with_torch(session, model, images, card, probe_batches)
+    probs = _onnx_outputs(session, images, card, batch_size)[1]
+    ece = 100.0 * expected_calibration_error(probs, labels, n_bins)  # percent, as eval.json
+    if not abs(ece - expected_ece) <= ECE_ATOL:
+        raise ExportError(
+            f"ECE mismatch: ONNX {ece:.6f}% vs evaluate {expected_ece:.6f}% "
+            f"(|diff| {abs(ece - expected_ece):.2e} points > {ECE_ATOL:g}; {n_bins} bins)"
+        )
+    return {
+        "opset": opset,
+        "onnx_bytes": Path(path).stat().st_size,
+        **parity,
+        "test_images": len(images),
+        "accuracy_onnx": 100.0 * float(np.mean(probs.argmax(1) == labels)),
+        "ece_onnx": ece,
+        "ece_evaluate": expected_ece,
+        "ece_abs_diff": abs(ece - expected_ece),
+        "ece_unit": "percent",
+        "n_bins": n_bins,
+    }
+
+
+def _check_graph(path: Path, card: ModelCard) -> int:
+    """Run ``onnx.checker`` and check names, batch axis and metadata; return the opset."""
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as err:
+        raise ExportError(f"onnx.checker rejected {path}: {err}") from err
+    proto = onnx.load_model(str(path), load_external_data=False)
+    inputs = [i.name for i in proto.graph.input]
+    outputs = [o.name for o in proto.graph.output]
+    if inputs != [INPUT_NAME] or outputs != list(OUTPUT_NAMES):
+        raise ExportError(
+            f"graph names: expected inputs [{INPUT_NAME!r}] and outputs {list(OUTPUT_NAMES)}, "
+            f"got {inputs} and {outputs}"
+        )
+    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    if not batch_dim.dim_param:
+        raise ExportError(f"batch axis is fixed to {batch_dim.dim_value}, expected symbolic")
+    props = {p.key: p.value for p in proto.metadata_props}
+    if METADATA_KEY not in props:
+        raise ExportError(f"metadata key {METADATA_KEY!r} missing; keys {sorted(props)}")
+    try:
+        stored = ModelCard.from_json(props[METADATA_KEY])
+    except ConfigError as err:
+        raise ExportError(f"metadata card is invalid: {err}") from err
+    if stored != card:
+        fields = [
+            f.name
+            for f in dataclasses.fields(card)
+            if getattr(stored, f.name) != getattr(card, f.name)
+        ]
+        raise ExportError(f"metadata card differs from the expected card in {fields}")
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _onnx_outputs(
+    session: ort.InferenceSession, images: np.ndarray, card: ModelCard, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and probabilities of uint8 ``images`` from ONNX Runtime, ``batch_size`` at a time."""
+    logits, probs = [], []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        z, p = _run(session, to_model_input(batch, card.mean, card.std))
+        logits.append(z)
+        probs.append(p)
+    return np.concatenate(logits), np.concatenate(probs)
+
+
+def _run(session: ort.InferenceSession, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One ONNX Runtime call on model input ``x``; its failure becomes an :class:`ExportError`."""
+    try:
+        z, p = session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
+    except _ORT_ERRORS as err:
+        raise ExportError(f"ONNX Runtime failed on a batch of {len(x)}: {err}") from err
+    return z, p
+
+
+def _compare_with_torch(
+    session: ort.InferenceSession,
+    model: nn.Module,
+    images: np.ndarray,
+    card: ModelCard,
+    probe_batches: Sequence[int],
+) -> dict[str, Any]:
+    """ONNX Runtime against PyTorch at each probe batch size; raise on a mismatch."""
+    net = CalibratedNet(copy.deepcopy(model), card.temperature).to("cpu", torch.float32).eval()
+    prob_diff = logit_diff = 0.0
+    for size in probe_batches:
+        x = to_model_input(images[np.arange(size) % len(images)], card.mean, card.std)
+        z_onnx, p_onnx = _run(session, x)
+        with torch.no_grad():
+            z_torch, p_torch = (t.numpy() for t in net(torch.from_numpy(x)))
+        if p_onnx.shape != (size, card.num_classes):
+            raise ExportError(f"probabilities of batch {size}: shape {p_onnx.shape}")
+        diff = float(np.max(np.abs(p_onnx - p_torch)))
+        agree = int(np.sum(p_onnx.argmax(1) == p_torch.argmax(1)))
+        if not diff <= PROB_ATOL or agree != size:
+            raise ExportError(
+                f"ONNX vs PyTorch at batch {size}: max |prob diff| {diff:.3e} (limit "
+                f"{PROB_ATOL:g}), argmax agrees on {agree}/{size}"
+            )
+        prob_diff = max(prob_diff, diff)
+        logit_diff = max(logit_diff, float(np.max(np.abs(z_onnx - z_torch))))
+    return {
+        "batch_sizes": list(probe_batches),
+        "max_abs_prob_diff": prob_diff,
+        "max_abs_logit_diff": logit_diff,
+        "argmax_agreement": 1.0,
+    }

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from pipeline.checkpoint import load_model
-from pipeline.config import EvaluateConfig, LossConfig, ModelConfig, TrainConfig
+from pipeline.config import EvaluateConfig, LossConfig, ModelConfig, StudyConfig, TrainConfig
 from pipeline.data.prepared import PreparedData
 from pipeline.evaluation import evaluate
 from pipeline.io import atomic_path
@@ -35,6 +35,53 @@ class StudyRun:
     loss: LossConfig
 
 
+def study_runs(loss_cfg: LossConfig, study: StudyConfig) -> list[StudyRun]:
+    """The study's rows in table order: each of ``study.losses``, then the tuned rows.
+
+    Every row inherits the ``loss`` section and changes only what its name or tuned entry sets,
+    so rows differ in the objective alone.
+    """
+    runs = [StudyRun(name, dataclasses.replace(loss_cfg, name=name)) for name in study.losses]
+    for t in study.tuned:
+        tuned = dataclasses.replace(
+            loss_cfg,
+            name=t.loss,
+            weight=t.weight,
+            margin=t.margin,
+            alpha=t.alpha,
+            num_mixes=t.num_mixes,
+            mrl_mask=t.mrl_mask,
+        )
+        runs.append(StudyRun(t.name, tuned))
+    return runs
+
+
+def study_train_config(train_cfg: TrainConfig, study: StudyConfig) -> TrainConfig:
+    """The ``train`` section with the study's epochs and augmentation."""
+    return dataclasses.replace(
+        train_cfg,
+        epochs=study.epochs,
+        augment=study.augment,
+        milestones=[m for m in train_cfg.milestones if m < study.epochs],
+    )
+
+
+def run_row(
+    data: PreparedData,
+    run: StudyRun,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    eval_cfg: EvaluateConfig,
+    work_dir: Path,
+) -> dict[str, Any]:
+    """Train and evaluate one run; checkpoints under ``work_dir`` let a killed run resume."""
+    logger.info("study: %s", run.name)
+    result = train(data, model_cfg, run.loss, train_cfg, work_dir)
+    model, _ = load_model(work_dir / "best.pt")
+    ev = evaluate(model, data, eval_cfg)
+    return study_row(run.name, ev.metrics, result.seconds)
+
+
 def run_study(
     data: PreparedData,
     runs: Sequence[StudyRun],
@@ -43,20 +90,10 @@ def run_study(
     eval_cfg: EvaluateConfig,
     work_dir: Path,
 ) -> list[dict[str, Any]]:
-    """Train and evaluate every run; return one row per run (percent where the field is).
-
-    Runs resume from their checkpoints under ``work_dir``, so a killed study picks up where it
-    stopped.
-    """
-    rows = []
-    for run in runs:
-        logger.info("study: %s", run.name)
-        ckpt = work_dir / run.name
-        result = train(data, model_cfg, run.loss, train_cfg, ckpt)
-        model, _ = load_model(ckpt / "best.pt")
-        ev = evaluate(model, data, eval_cfg)
-        rows.append(study_row(run.name, ev.metrics, result.seconds))
-    return rows
+    """Run every row in turn (``work_dir / name`` per run); one row per run."""
+    return [
+        run_row(data, run, model_cfg, train_cfg, eval_cfg, work_dir / run.name) for run in runs
+    ]
 
 
 def study_row(name: str, metrics: dict[str, Any], seconds: float) -> dict[str, Any]:

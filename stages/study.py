@@ -1,19 +1,22 @@
-"""`make study`: compare every loss on the same data, model, epochs and seed.
+"""DVC stages of `make study` (study/dvc.yaml): compare every loss on one data, model, epochs, seed.
 
-Reads all params sections; the ``study`` section sets the regime (training pool, epochs,
-augmentation, losses). Writes ``--out``/results.csv (committed), results.md and shift.png;
-checkpoints go under ``--work`` so a killed study resumes.
+``run NAME`` trains and evaluates one row (a loss of ``study.losses`` or a ``study.tuned`` name)
+and writes ``--rows``/NAME.json; checkpoints go under ``--work``/NAME so a killed run resumes.
+``table`` collects the rows in params order into ``--out``/results.csv (committed), results.md
+and shift.png.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
-from pipeline.config import ConfigError, load_section
+from pipeline.config import ConfigError, StudyConfig, load_section
 from pipeline.data import DataError
-from pipeline.study import StudyRun, plot_shift, run_study, write_table
+from pipeline.io import write_json
+from pipeline.study import plot_shift, run_row, study_runs, study_train_config, write_table
 from stages.common import parser, setup
 from stages.download import add_source_args, prepare
 
@@ -21,44 +24,43 @@ from stages.download import add_source_args, prepare
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
     add_source_args(p)
-    p.add_argument("--out", type=Path, default=Path("study"))
+    p.add_argument("command", choices=["run", "table"])
+    p.add_argument("name", nargs="?", help="row to run (run only)")
+    p.add_argument("--rows", type=Path, default=Path("study/rows"))
     p.add_argument("--work", type=Path, default=Path("study/runs"))
+    p.add_argument("--out", type=Path, default=Path("study"))
     args = p.parse_args(argv)
     try:
         params = setup(args)
-        data_cfg, model_cfg, loss_cfg, train_cfg, eval_cfg, study = (
-            load_section(params, s) for s in ("data", "model", "loss", "train", "evaluate", "study")
+        study: StudyConfig = load_section(params, "study")
+        runs = {r.name: r for r in study_runs(load_section(params, "loss"), study)}
+        if args.command == "table":
+            rows = [_read_row(args.rows / f"{name}.json") for name in runs]
+            write_table(rows, args.out / "results.csv", args.out / "results.md")
+            plot_shift(rows, args.out / "shift.png")
+            return 0
+        if args.name not in runs:
+            raise ConfigError(f"no study row {args.name!r}; rows are {list(runs)}")
+        data = prepare(load_section(params, "data"), args, max_train=study.max_train)
+        row = run_row(
+            data,
+            runs[args.name],
+            load_section(params, "model"),
+            study_train_config(load_section(params, "train"), study),
+            load_section(params, "evaluate"),
+            args.work / args.name,
         )
-        data = prepare(data_cfg, args, max_train=study.max_train)
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, FileNotFoundError) as err:
         print(f"study: {err}", file=sys.stderr)
         return 2
-    train_cfg = dataclasses.replace(
-        train_cfg,
-        epochs=study.epochs,
-        augment=study.augment,
-        milestones=[m for m in train_cfg.milestones if m < study.epochs],
-    )
-    runs = [StudyRun(name, dataclasses.replace(loss_cfg, name=name)) for name in study.losses]
-    runs += [
-        StudyRun(
-            t.name,
-            dataclasses.replace(
-                loss_cfg,
-                name=t.loss,
-                weight=t.weight,
-                margin=t.margin,
-                alpha=t.alpha,
-                num_mixes=t.num_mixes,
-                mrl_mask=t.mrl_mask,
-            ),
-        )
-        for t in study.tuned
-    ]
-    rows = run_study(data, runs, model_cfg, train_cfg, eval_cfg, args.work)
-    write_table(rows, args.out / "results.csv", args.out / "results.md")
-    plot_shift(rows, args.out / "shift.png")
+    write_json(args.rows / f"{args.name}.json", row)
     return 0
+
+
+def _read_row(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run `python -m stages.study run {path.stem}`")
+    return json.loads(path.read_text())
 
 
 if __name__ == "__main__":

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
+import onnxruntime as ort
 import pytest
 import yaml
 
+from pipeline.data import save_prepared
+from pipeline.io import write_json
+from pipeline.model_card import METADATA_KEY, ModelCard
 from stages import download, preset
+from stages import export as export_stage
 from tests.conftest import ROOT
 from tests.data.conftest import write_raw_dataset
+from tests.test_export import toy_pipeline
 
 
 def write_params(path: Path, params: dict[str, Any]) -> Path:
@@ -88,3 +96,93 @@ def test_cifar10_preset_is_valid_and_sets_the_paper_recipe() -> None:
     assert pairs["train.milestones"] == "[80,120]" and pairs["loss.num_mixes"] == "3"
     assert pairs["loss.alpha"] == "2.0" and pairs["loss.margin"] == "2.0"
     assert pairs["train.lr"] == "0.1" and pairs["data.dataset"] == '"cifar10"'
+
+
+@pytest.fixture(scope="module")
+def evaluated_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What the download, train and evaluate stages leave behind, for the toy pipeline."""
+    root = tmp_path_factory.mktemp("pipeline")
+    toy = toy_pipeline(root / "checkpoints")
+    save_prepared(toy.data, root / "prepared")
+    shutil.copy(root / "checkpoints" / "best.pt", root / "model.pt")
+    write_json(root / "calibration.json", toy.evaluation.serving)
+    write_json(root / "eval.json", toy.evaluation.metrics)
+    return root
+
+
+def export_args(src: Path, out: Path) -> list[str]:
+    return [
+        *("--params", str(ROOT / "params.yaml"), "--data", str(src / "prepared")),
+        *("--model", str(src / "model.pt"), "--calibration", str(src / "calibration.json")),
+        *("--eval-metrics", str(src / "eval.json")),
+        *("--out", str(out / "model.onnx"), "--metrics", str(out / "export.json")),
+    ]
+
+
+def shift_ece(src: Path, dest: Path, *, calibration: bool) -> Path:
+    """A copy of ``src`` whose eval.json (and optionally calibration.json) ECE is 0.01 higher."""
+    shutil.copytree(src, dest)
+    metrics = json.loads((src / "eval.json").read_text())
+    metrics["test"]["scaled"]["ece"] += 0.01
+    write_json(dest / "eval.json", metrics)
+    if calibration:
+        reference = json.loads((src / "calibration.json").read_text())
+        reference["test_ece"] = metrics["test"]["scaled"]["ece"]
+        write_json(dest / "calibration.json", reference)
+    return dest
+
+
+def test_export_stage_writes_a_verified_model_and_its_figures(
+    evaluated_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RANKCAL_MODEL_VERSION", "v-test")
+    assert export_stage.main(export_args(evaluated_dir, tmp_path)) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export.json", "model.onnx"]
+    figures = json.loads((tmp_path / "export.json").read_text())
+    assert figures["ece_unit"] == "percent" and figures["ece_abs_diff"] <= 1e-4
+    assert figures["model_version"] == "v-test" and figures["batch_sizes"] == [1, 64]
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    card = ModelCard.from_json(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
+    assert card.model_version == "v-test" and card.test_ece == figures["ece_evaluate"]
+
+
+def test_export_stage_failing_verification_leaves_no_model(
+    evaluated_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = shift_ece(evaluated_dir, tmp_path / "src", calibration=True)
+    out = tmp_path / "out"
+    assert export_stage.main(export_args(src, out)) == 1
+    err = capsys.readouterr().err
+    assert "export: verification failed" in err and "ECE mismatch" in err
+    assert list(out.iterdir()) == []  # no model.onnx, no temporary file, no metrics
+
+
+def test_export_stage_refuses_inputs_of_different_evaluate_runs(
+    evaluated_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = shift_ece(evaluated_dir, tmp_path / "src", calibration=False)
+    assert export_stage.main(export_args(src, tmp_path / "out")) == 2
+    assert "come from different evaluate runs" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_version_is_git_describe_plus_weight_hash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    weights = tmp_path / "model.pt"
+    weights.write_bytes(b"weights")
+    digest = "9a129038"  # sha256(b"weights")[:8]
+    monkeypatch.delenv("RANKCAL_MODEL_VERSION", raising=False)
+
+    def described(*args: Any, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(args, 0, stdout="v1.2-3-gabc1234-dirty\n")
+
+    def no_git(*args: Any, **kwargs: Any) -> None:
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(export_stage.subprocess, "run", described)
+    assert export_stage.model_version(weights) == f"v1.2-3-gabc1234-dirty-{digest}"
+    monkeypatch.setattr(export_stage.subprocess, "run", no_git)
+    assert export_stage.model_version(weights) == f"unknown-{digest}"
+    monkeypatch.setenv("RANKCAL_MODEL_VERSION", "release-7")
+    assert export_stage.model_version(weights) == "release-7"

@@ -1,0 +1,1 @@
+"""The HTTP service: a BentoML class over ONNX Runtime, and its Prometheus metrics."""

@@ -1,0 +1,368 @@
+"""Service metrics: exact counts, the rolling window against pipeline.drift, multiprocess mode."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipeline.config import load_section
+from pipeline.drift import PSI_EPSILON, bin_counts, ks_statistic, psi
+from pipeline.model_card import ModelCard, ReferenceConfidence
+from serving.metrics import ConfidenceWindow, ServiceMetrics
+
+ROOT = Path(__file__).parents[2]
+
+EDGES = [0.0, 0.5, 0.9, 0.99, 1.0]
+LE = ["0.5", "0.9", "0.99", "1.0"]
+REFERENCE = [10, 20, 30, 40]
+CLASSES = ["cat", "dog", "eel"]
+CPU = "CPUExecutionProvider"
+
+
+def make_card(edges: list[float] = EDGES, counts: list[int] = REFERENCE) -> ModelCard:
+    return ModelCard(
+        dataset="toy",
+        class_names=CLASSES,
+        image_shape=[8, 8, 1],
+        mean=[0.5],
+        std=[0.25],
+        temperature=1.5,
+        ood_threshold=0.4,
+        ood_tpr=0.95,
+        reference_confidence=ReferenceConfidence(bin_edges=edges, counts=counts, mean=0.85),
+        test_accuracy=80.0,
+        test_ece=2.5,
+        model_version="v1-abc123",
+    )
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def metrics(registry: CollectorRegistry) -> ServiceMetrics:
+    return ServiceMetrics(make_card(), window=10, provider=CPU, registry=registry)
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+def record(m: ServiceMetrics, conf: list[float], pred: list[int], ood: list[bool]) -> None:
+    m.record_predictions(np.array(conf), np.array(pred), np.array(ood, dtype=bool))
+
+
+def test_histogram_and_counters_are_exact(metrics: ServiceMetrics, registry) -> None:
+    # (0, 0.5]: 0.0 0.3 0.5 | (0.5, 0.9]: 0.7 0.9 | (0.9, 0.99]: 0.95 | (0.99, 1]: 0.995 1.0
+    conf = [0.0, 0.3, 0.5, 0.7, 0.9, 0.95, 0.995, 1.0]
+    record(metrics, conf, [0, 1, 1, 2, 2, 2, 0, 1], [True, True] + [False] * 6)
+    buckets = [value(registry, "rankcal_confidence_bucket", le=le) for le in [*LE, "+Inf"]]
+    assert buckets == [3, 5, 6, 8, 8]
+    assert value(registry, "rankcal_confidence_count") == 8
+    assert value(registry, "rankcal_confidence_sum") == pytest.approx(5.345)
+    assert [value(registry, "rankcal_confidence_bin_total", le=le) for le in LE] == [3, 2, 1, 2]
+    by_class = [value(registry, "rankcal_predictions_total", class_name=c) for c in CLASSES]
+    assert by_class == [2, 3, 3]
+    assert value(registry, "rankcal_ood_predictions_total") == 2
+    assert value(registry, "rankcal_rejected_requests_total", reason="too_large") == 0
+
+
+def test_float32_confidence_lands_in_the_same_bucket_everywhere(metrics, registry) -> None:
+    # float32(0.9) is just below 0.9; softmax in float32 can overshoot 1 by an ulp.
+    conf = np.array([0.9, 1.0000001], dtype=np.float32)
+    metrics.record_predictions(conf, np.array([0, 0]), np.array([False, False]))
+    assert value(registry, "rankcal_confidence_bucket", le="0.9") == 1
+    assert value(registry, "rankcal_confidence_bucket", le="1.0") == 2
+    assert [value(registry, "rankcal_confidence_bin_total", le=le) for le in LE] == [0, 1, 0, 1]
+    np.testing.assert_array_equal(
+        metrics._window.counts, bin_counts(np.clip(conf.astype(np.float64), 0, 1), EDGES)
+    )
+
+
+def test_window_gauges_equal_pipeline_drift(metrics: ServiceMetrics, registry) -> None:
+    conf = np.random.default_rng(0).uniform(0.3, 1.0, size=7)
+    metrics.record_predictions(conf, np.zeros(7, dtype=np.int64), np.zeros(7, dtype=bool))
+    counts = bin_counts(conf, EDGES)
+    expected = {
+        "mean_confidence": conf.mean(),
+        "estimated_accuracy": conf.mean(),
+        "psi": psi(counts, REFERENCE),
+        "ks": ks_statistic(counts, REFERENCE),
+        "size": 7.0,
+    }
+    assert metrics.window_stats() == pytest.approx(expected, rel=1e-12)
+    gauges = {
+        "mean_confidence": "rankcal_window_mean_confidence",
+        "estimated_accuracy": "rankcal_window_estimated_accuracy_ratio",
+        "psi": "rankcal_window_psi",
+        "ks": "rankcal_window_ks",
+        "size": "rankcal_window_size",
+    }
+    assert {k: value(registry, name) for k, name in gauges.items()} == pytest.approx(expected)
+
+
+def test_window_two_bins_by_hand(registry: CollectorRegistry) -> None:
+    card = make_card(edges=[0.0, 0.5, 1.0], counts=[1, 1])  # reference fractions [0.5, 0.5]
+    m = ServiceMetrics(card, window=10, provider=CPU, registry=registry)
+    record(m, [0.2, 0.8, 0.9, 0.6], [0, 1, 1, 1], [False] * 4)  # live fractions [0.25, 0.75]
+    eps = PSI_EPSILON
+    hand_psi = -0.25 * math.log((0.25 + eps) / (0.5 + eps)) + 0.25 * math.log(
+        (0.75 + eps) / (0.5 + eps)
+    )
+    stats = m.window_stats()
+    assert stats["mean_confidence"] == pytest.approx(0.625)
+    assert stats["psi"] == pytest.approx(hand_psi)
+    assert stats["ks"] == pytest.approx(0.25)
+
+
+def test_window_keeps_only_the_last_predictions(metrics: ServiceMetrics) -> None:
+    stream = np.random.default_rng(1).uniform(0.0, 1.0, size=25)
+    for start, stop in [(0, 3), (3, 4), (4, 16), (16, 25)]:
+        n = stop - start
+        metrics.record_predictions(stream[start:stop], np.zeros(n, np.int64), np.zeros(n, bool))
+    last = stream[-10:]
+    stats = metrics.window_stats()
+    assert stats["size"] == 10
+    assert stats["mean_confidence"] == pytest.approx(last.mean())
+    assert stats["psi"] == pytest.approx(psi(bin_counts(last, EDGES), REFERENCE))
+    np.testing.assert_array_equal(metrics._window.values(), last)
+
+
+def test_ring_buffer_matches_a_plain_list_over_many_batches() -> None:
+    rng = np.random.default_rng(2)
+    window, kept = ConfidenceWindow(50, EDGES), np.empty(0)
+    for _ in range(300):
+        batch = rng.uniform(0.0, 1.0, size=int(rng.integers(0, 80)))
+        window.push(batch)
+        kept = np.concatenate([kept, batch])[-50:]
+        assert window.size == kept.size
+        np.testing.assert_array_equal(window.counts, bin_counts(kept, EDGES))
+        if kept.size:
+            assert window.mean() == pytest.approx(kept.mean(), rel=1e-12)
+    np.testing.assert_array_equal(window.values(), kept)
+
+
+def test_empty_window_reads_nan(metrics: ServiceMetrics, registry) -> None:
+    stats = metrics.window_stats()
+    assert stats["size"] == 0
+    assert all(math.isnan(stats[k]) for k in ("mean_confidence", "estimated_accuracy", "psi"))
+    assert math.isnan(value(registry, "rankcal_window_psi"))
+    assert value(registry, "rankcal_window_size") == 0
+    metrics.record_predictions(np.empty(0), np.empty(0, np.int64), np.empty(0, bool))
+    assert value(registry, "rankcal_confidence_count") == 0
+
+
+def test_reference_and_model_gauges_equal_the_card(metrics, registry) -> None:
+    fractions = np.array(REFERENCE) / sum(REFERENCE)
+    for le, fraction, cdf in zip(LE, fractions, np.cumsum(REFERENCE) / sum(REFERENCE), strict=True):
+        assert value(registry, "rankcal_reference_bucket_fraction", le=le) == fraction
+        assert value(registry, "rankcal_reference_cdf", le=le) == cdf
+    assert value(registry, "rankcal_reference_cdf", le="1.0") == 1.0
+    assert value(registry, "rankcal_model_evaluation_accuracy_ratio") == 0.8  # card: 80 %
+    assert value(registry, "rankcal_reference_mean_confidence") == 0.85
+    assert value(registry, "rankcal_ood_threshold") == 0.4
+    assert value(registry, "rankcal_window_capacity") == 10
+    info = {"model_version": "v1-abc123", "provider": CPU, "dataset": "toy"}
+    assert value(registry, "rankcal_model_info", **info) == 1
+
+
+def test_le_labels_agree_across_histogram_bins_and_reference(params, registry) -> None:
+    edges = load_section(params, "evaluate").reference_edges
+    card = make_card(edges=edges, counts=[1] * (len(edges) - 1))
+    ServiceMetrics(
+        card, window=load_section(params, "serve").window, provider=CPU, registry=registry
+    )
+    families = {
+        f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())
+    }
+
+    def les(family: str, sample: str) -> list[str]:
+        return [s.labels["le"] for s in families[family].samples if s.name == sample]
+
+    histogram = les("rankcal_confidence", "rankcal_confidence_bucket")
+    assert histogram[-1] == "+Inf"
+    assert [float(le) for le in histogram[:-1]] == edges[1:]
+    assert "1.0" in histogram
+    assert les("rankcal_confidence_bin", "rankcal_confidence_bin_total") == histogram[:-1]
+    for name in ("rankcal_reference_bucket_fraction", "rankcal_reference_cdf"):
+        assert les(name, name) == histogram[:-1]
+
+
+def test_rejections_touch_only_the_rejection_counter(metrics, registry) -> None:
+    metrics.record_rejection("too_large")
+    metrics.record_rejection("too_large")
+    metrics.record_rejection("bad_shape")
+    metrics.record_rejection("pickle_refused")  # reasons outside the known list are fine
+    assert value(registry, "rankcal_rejected_requests_total", reason="too_large") == 2
+    assert value(registry, "rankcal_rejected_requests_total", reason="bad_shape") == 1
+    assert value(registry, "rankcal_rejected_requests_total", reason="pickle_refused") == 1
+    assert value(registry, "rankcal_confidence_count") == 0
+    assert sum(value(registry, "rankcal_predictions_total", class_name=c) for c in CLASSES) == 0
+    assert metrics.window_stats()["size"] == 0
+    for bad in ["Too Large", "", "x" * 41, "drop table"]:
+        with pytest.raises(ValueError, match="snake_case"):
+            metrics.record_rejection(bad)
+
+
+@pytest.mark.parametrize(
+    ("conf", "pred", "ood", "message"),
+    [
+        ([0.5, 0.6], [0], [False, False], "1-D of one length"),
+        ([0.5, 1.5], [0, 0], [False, False], r"in \[0, 1\]"),
+        ([0.5, math.nan], [0, 0], [False, False], r"in \[0, 1\]"),
+        ([0.5, 0.6], [0, 3], [False, False], "out of range"),
+        ([0.5, 0.6], [0, -1], [False, False], "class indices"),
+        ([0.5, 0.6], [0.0, 1.0], [False, False], "class indices"),
+        ([0.5, 0.6], [0, 1], [0, 1], "bool"),
+    ],
+)
+def test_bad_input_raises_and_records_nothing(metrics, registry, conf, pred, ood, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        metrics.record_predictions(np.array(conf), np.array(pred), np.array(ood))
+    assert value(registry, "rankcal_confidence_count") == 0
+    assert metrics.window_stats()["size"] == 0
+
+
+def test_concurrent_requests_are_all_counted(registry: CollectorRegistry) -> None:
+    m = ServiceMetrics(make_card(), window=500, provider=CPU, registry=registry)
+
+    def worker(seed: int) -> None:
+        for c in np.random.default_rng(seed).uniform(0, 1, size=200):
+            m.record_predictions(np.array([c]), np.array([0]), np.array([False]))
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert value(registry, "rankcal_confidence_count") == 800
+    assert m.window_stats()["size"] == 500
+    assert m._window.counts.sum() == 500
+
+
+def test_warns_when_prometheus_client_was_imported_too_early(
+    monkeypatch, tmp_path, registry, caplog
+) -> None:
+    # prometheus_client is already imported here in single-process mode.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    with caplog.at_level("WARNING", logger="serving.metrics"):
+        ServiceMetrics(make_card(), window=10, provider=CPU, registry=registry)
+    assert "imported before" in caplog.text
+
+
+WORKER_SCRIPT = """
+import json, os, sys
+import numpy as np
+from pipeline.model_card import ModelCard
+from serving.metrics import ServiceMetrics
+import prometheus_client.values
+
+card_json, traffic, provider = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+m = ServiceMetrics(ModelCard.from_json(card_json), window=4, provider=provider)
+m.record_predictions(
+    np.array(traffic["conf"]), np.array(traffic["pred"]), np.array(traffic["ood"], dtype=bool)
+)
+m.record_rejection(traffic["reject"])
+print(json.dumps({"pid": os.getpid(), "stats": m.window_stats(),
+                  "multiprocess": prometheus_client.values.ValueClass._multiprocess}))
+"""
+
+TRAFFIC = [
+    {
+        "conf": [0.2, 0.95, 1.0],
+        "pred": [0, 1, 1],
+        "ood": [True, False, False],
+        "reject": "too_large",
+    },
+    {
+        "conf": [0.6, 0.7, 0.995, 0.3, 0.999],
+        "pred": [2, 2, 0, 1, 0],
+        "ood": [False, False, False, True, False],
+        "reject": "bad_shape",
+    },
+]
+
+
+def run_workers(tmp_path: Path) -> list[dict[str, Any]]:
+    """Two worker processes sharing one PROMETHEUS_MULTIPROC_DIR, as BentoML runs them."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    card = make_card().to_json()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER_SCRIPT, card, json.dumps(traffic), provider],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for traffic, provider in zip(TRAFFIC, [CPU, "CUDAExecutionProvider"], strict=True)
+    ]
+    outputs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        outputs.append(json.loads(out))
+    return outputs
+
+
+def test_multiprocess_workers_sum_and_keep_every_metric(tmp_path: Path) -> None:
+    workers = run_workers(tmp_path)
+    assert all(w["multiprocess"] for w in workers)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(tmp_path))
+    text = generate_latest(registry).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+
+    # Every metric a single process defines shows up aggregated (none lost to another's name).
+    single = CollectorRegistry()
+    ServiceMetrics(make_card(), window=4, provider=CPU, registry=single)
+    assert set(families) == {f.name for f in single.collect() if not f.name.endswith("_created")}
+
+    def samples(family: str, name: str | None = None) -> dict[tuple, float]:
+        return {
+            tuple(sorted(s.labels.items())): s.value
+            for s in families[family].samples
+            if s.name == (name or family)
+        }
+
+    both = TRAFFIC[0]["conf"] + TRAFFIC[1]["conf"]  # 8 predictions over two processes
+    buckets = samples("rankcal_confidence", "rankcal_confidence_bucket")
+    assert [buckets[(("le", le),)] for le in [*LE, "+Inf"]] == [2, 4, 5, 8, 8]
+    assert samples("rankcal_confidence", "rankcal_confidence_count") == {(): 8}
+    assert samples("rankcal_confidence", "rankcal_confidence_sum")[()] == pytest.approx(sum(both))
+    bins = samples("rankcal_confidence_bin", "rankcal_confidence_bin_total")
+    assert [bins[(("le", le),)] for le in LE] == bin_counts(np.array(both), EDGES).tolist()
+    classes = samples("rankcal_predictions", "rankcal_predictions_total")
+    assert [classes[(("class_name", c),)] for c in CLASSES] == [3, 3, 2]
+    assert samples("rankcal_ood_predictions", "rankcal_ood_predictions_total") == {(): 2}
+    rejected = samples("rankcal_rejected_requests", "rankcal_rejected_requests_total")
+    assert rejected[(("reason", "too_large"),)] == 1
+    assert rejected[(("reason", "bad_shape"),)] == 1
+
+    # Window gauges: one series per process, each that process's own window (capacity 4).
+    psi_by_pid = {dict(k)["pid"]: v for k, v in samples("rankcal_window_psi").items()}
+    assert psi_by_pid == pytest.approx({str(w["pid"]): w["stats"]["psi"] for w in workers})
+    sizes = {dict(k)["pid"]: v for k, v in samples("rankcal_window_size").items()}
+    assert sizes == {str(workers[0]["pid"]): 3, str(workers[1]["pid"]): 4}
+
+    # Static gauges: one series, no pid; a worker on another provider shows as its own series.
+    assert samples("rankcal_model_evaluation_accuracy_ratio") == {(): 0.8}
+    assert samples("rankcal_reference_cdf")[(("le", "0.99"),)] == 0.6
+    providers = {dict(k)["provider"] for k in samples("rankcal_model_info")}
+    assert providers == {CPU, "CUDAExecutionProvider"}

@@ -1,0 +1,77 @@
+"""`make study`'s stage entry points: one row per `run`, then `table` in params order."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from stages import study
+from tests.conftest import ROOT
+from tests.data.conftest import write_raw_dataset
+
+
+@pytest.fixture
+def study_args(tmp_path: Path, params: dict[str, Any]) -> list[str]:
+    write_raw_dataset("mnist", tmp_path / "raw", n_train=90, n_test=40)
+    params["data"].update(dataset="mnist", ood=["noise"], max_train=None)
+    params["train"].update(batch_size=32, threads=1)
+    params["evaluate"].update(corruptions=["contrast"], severities=[1], shift_images=20)
+    params["study"].update(
+        max_train=80,
+        epochs=1,
+        losses=["ce"],
+        tuned=[
+            {
+                "name": "mrl_tuned",
+                "loss": "mrl",
+                "weight": 0.5,
+                "margin": 1.0,
+                "alpha": 2.0,
+                "num_mixes": 1,
+                "mrl_mask": "per_sample",
+            }
+        ],
+    )
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return [
+        "--params",
+        str(tmp_path / "p.yaml"),
+        "--raw",
+        str(tmp_path / "raw"),
+        "--checksums",
+        str(ROOT / "checksums" / "fashion-mnist.sha256"),
+        "--rows",
+        str(tmp_path / "rows"),
+        "--work",
+        str(tmp_path / "runs"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+
+
+def test_rows_then_table(study_args: list[str], tmp_path: Path) -> None:
+    assert study.main(["run", "mrl_tuned", *study_args]) == 0
+    assert study.main(["run", "ce", *study_args]) == 0
+    row = json.loads((tmp_path / "rows" / "ce.json").read_text())
+    assert row["loss"] == "ce" and 0 <= row["accuracy"] <= 100
+    assert (tmp_path / "runs" / "ce" / "best.pt").is_file()
+    assert study.main(["table", *study_args]) == 0
+    with (tmp_path / "out" / "results.csv").open() as fh:
+        table = list(csv.DictReader(fh))
+    # losses first, then tuned rows, whatever order the rows were run in
+    assert [r["loss"] for r in table] == ["ce", "mrl_tuned"]
+    assert (tmp_path / "out" / "shift.png").is_file()
+
+
+def test_unknown_row_and_missing_row_are_clear_errors(
+    study_args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert study.main(["run", "nope", *study_args]) == 2
+    assert "no study row 'nope'; rows are ['ce', 'mrl_tuned']" in capsys.readouterr().err
+    assert study.main(["table", *study_args]) == 2
+    assert "ce.json is missing: run `python -m stages.study run ce`" in capsys.readouterr().err
