@@ -53,3 +53,11 @@ repro-cifar10: setup
 # stage per row, so only changed rows rerun). See README for its duration on 2 CPU cores.
 study: setup
 	dvc repro study/dvc.yaml
+
+# Serve the exported model over HTTP on params.yaml's serve.port (docs/serving.md).
+RANKCAL_MODEL ?= models/model.onnx
+.PHONY: serve
+serve: setup
+	@test -f $(RANKCAL_MODEL) || { echo "$(RANKCAL_MODEL) is missing: run make repro first"; exit 1; }
+	RANKCAL_MODEL=$(RANKCAL_MODEL) RANKCAL_PARAMS=params.yaml \
+		bentoml serve serving.service:ImageClassifier

@@ -1,0 +1,212 @@
+"""The service's front door: content type, body size and one JSON shape for every refusal.
+
+BentoML 1.4 answers some refusals itself (pydantic 400s, its own pickle 415, the batcher's 503),
+with bodies of several shapes; this ASGI middleware refuses what must never reach BentoML's
+parsers and rewrites every 4xx (and 503) into ``{"error", "reason"}``, counting each refusal once.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import re
+from http import HTTPStatus
+from typing import Any
+
+import bentoml
+from bentoml.exceptions import BentoMLException
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+
+from serving.images import InputError
+
+logger = logging.getLogger(__name__)
+
+PICKLE = "application/vnd.bentoml+pickle"
+_REASON = re.compile(r"[a-z][a-z0-9_]{0,39}")
+
+
+def error_response(status: int, error: str, reason: str) -> JSONResponse:
+    """The JSON body every refusal answers with."""
+    return JSONResponse({"error": error, "reason": reason}, status_code=status)
+
+
+def record_rejection(reason: str) -> None:
+    """Count a refusal in this worker's metrics (a no-op before the service instance exists)."""
+    try:
+        service = bentoml.get_current_service()
+    except BentoMLException:
+        logger.warning("refused a request (%s) before the service was ready", reason)
+        return
+    service.metrics.record_rejection(reason if _REASON.fullmatch(reason) else "invalid_input")
+
+
+class _ClientGoneError(Exception):
+    pass
+
+
+class RequestGuard:
+    """ASGI middleware for the prediction ``routes``: content type, body size, uniform errors.
+
+    ``routes`` maps each guarded path to the content types (fnmatch patterns) it accepts.
+
+    Refuses pickle and other unsupported content types (415), bodies over ``max_bytes`` (413,
+    from ``Content-Length`` or while reading) and empty bodies (400) before BentoML parses
+    anything; rewrites every 4xx (and the adaptive batcher's 503) into
+    ``{"error", "reason"}``; and records each refusal once.
+    """
+
+    def __init__(self, app: Any, *, max_bytes: int, routes: dict[str, tuple[str, ...]]) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.routes = routes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or scope["method"] != "POST" or path not in self.routes:
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        try:
+            _check_content_type(headers.get("content-type"), self.routes[path])
+            body = await self._read_body(receive, headers.get("content-length"))
+        except _ClientGoneError:
+            return
+        except InputError as err:
+            record_rejection(err.reason)
+            await error_response(err.status, str(err), err.reason)(scope, receive, send)
+            return
+        await self.app(scope, _replay(body, receive), _ErrorRewriter(send))
+
+    async def _read_body(self, receive: Any, declared: str | None) -> bytes:
+        too_large = InputError(
+            f"request body over {self.max_bytes} bytes (serve.max_request_bytes)",
+            reason="too_large",
+            status=HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+        )
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGoneError
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise too_large
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        if size == 0:
+            raise InputError("the request body is empty", reason="empty_body")
+        return b"".join(chunks)
+
+
+def _check_content_type(header: str | None, accepted: tuple[str, ...]) -> None:
+    if header is None:
+        return
+    media_type = header.split(";")[0].strip().lower()
+    if media_type == PICKLE:
+        raise InputError(
+            f"{PICKLE} is refused: unpickling can run code on the server",
+            reason="unsupported_media_type",
+            status=HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+        )
+    if not any(fnmatch.fnmatchcase(media_type, pattern) for pattern in accepted):
+        raise InputError(
+            f"content type {media_type!r} is not accepted here; send {' or '.join(accepted)}",
+            reason="unsupported_media_type",
+            status=HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+        )
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return await receive()  # only ever http.disconnect from here on
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+class _ErrorRewriter:
+    """Wraps ``send``: buffers 4xx/503 responses and re-sends them as ``{"error", "reason"}``."""
+
+    def __init__(self, send: Any) -> None:
+        self.send = send
+        self.start: dict[str, Any] | None = None
+        self.chunks: list[bytes] = []
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start" and _is_refusal(message["status"]):
+            self.start = message
+            return
+        if message["type"] != "http.response.body" or self.start is None:
+            await self.send(message)
+            return
+        self.chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        status = self.start["status"]
+        error, reason = _describe(status, b"".join(self.chunks))
+        record_rejection(reason)
+        payload = json.dumps({"error": error, "reason": reason}).encode()
+        kept = [
+            (k, v)
+            for k, v in self.start.get("headers", [])
+            if k.lower() not in (b"content-length", b"content-type")
+        ]
+        await self.send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    *kept,
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                ],
+            }
+        )
+        await self.send({"type": "http.response.body", "body": payload, "more_body": False})
+
+
+def _is_refusal(status: int) -> bool:
+    return 400 <= status < 500 or status == HTTPStatus.SERVICE_UNAVAILABLE
+
+
+def _describe(status: int, body: bytes) -> tuple[str, str]:
+    """Message and reason of an error body from our endpoints, pydantic or BentoML."""
+    if status == HTTPStatus.SERVICE_UNAVAILABLE:
+        return "overloaded: the batch could not be served within serve.max_latency_ms", "overloaded"
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = None
+    if isinstance(payload, list) and payload:
+        payload = payload[0]  # BentoML 1.4.40 wraps a BentoMLException's body in a list
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = f"HTTP {status}"
+    fallback = re.sub(r"[^a-z0-9]+", "_", phrase.lower()).strip("_")  # e.g. method_not_allowed
+    if not isinstance(payload, dict):
+        return body.decode(errors="replace") or phrase, fallback
+    detail = payload.get("detail")
+    if isinstance(detail, list) and detail and all(isinstance(d, dict) for d in detail):
+        # A pydantic ValidationError: the first error's type is the reason.
+        messages = [_validation_message(d) for d in detail]
+        return "; ".join(messages), str(detail[0].get("type", fallback))
+    return str(payload.get("error", payload)), str(payload.get("reason", fallback))
+
+
+def _validation_message(error: dict[str, Any]) -> str:
+    loc = [str(part) for part in error.get("loc", ()) if part != "root"]
+    message = str(error.get("msg", "invalid input")).removeprefix("Value error, ")
+    return f"{'.'.join(loc)}: {message}" if loc else message

@@ -1,0 +1,180 @@
+"""Turn what clients send into uint8 images, or refuse it with an :class:`InputError`.
+
+Pillow only reads the header before the size check, so a decompression bomb (a small file that
+declares a huge image) is refused before a single pixel is decoded. Everything here is NumPy and
+Pillow: no BentoML, so the rules are testable without a server.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from http import HTTPStatus
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+# Pillow modes holding one grey channel (optionally with alpha); everything else becomes RGB.
+_GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"})
+
+
+class InputError(ValueError):
+    """Input the service refuses: a message naming what arrived, a metric reason, a status.
+
+    Args:
+        message: What was wrong, for the client.
+        reason: Short snake_case label for ``rankcal_rejected_requests_total``.
+        status: HTTP status to answer with (a 4xx).
+    """
+
+    def __init__(
+        self, message: str, *, reason: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.status = status
+
+
+def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
+    """Decode an uploaded image into uint8 ``(H, W, C)`` with C = 1 (grey) or 3 (colour).
+
+    Grey modes (1, L, I, I;16, F) give one channel, all others (RGB, palette, CMYK, YCbCr, ...)
+    three. Transparency is composited onto black, the background of the training images. Only
+    the first frame of an animation is used.
+
+    Args:
+        data: The file's bytes (PNG, JPEG, GIF, BMP, TIFF, WebP: anything Pillow reads).
+        max_pixels: Largest ``width * height`` accepted, checked on the header before decoding.
+
+    Raises:
+        InputError: For an empty body, bytes that are no image, a truncated or corrupt file, a
+            zero-sized image or one over ``max_pixels``.
+    """
+    if not data:
+        raise InputError(
+            "the request body is empty: send the image file's bytes", reason="empty_body"
+        )
+    try:
+        with warnings.catch_warnings():
+            # Pillow's own bomb check warns below its hard limit; treat that as the error it is.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise InputError(f"image too large to decode ({err})", reason="too_many_pixels") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise InputError(
+            f"the body ({len(data)} bytes) is not an image file Pillow can read "
+            "(PNG, JPEG, GIF, BMP, TIFF, WebP, ...)",
+            reason="not_an_image",
+        ) from None
+    with image:
+        width, height = image.size
+        if width < 1 or height < 1:
+            raise InputError(f"image is {width}x{height} pixels: zero-sized", reason="bad_shape")
+        if width * height > max_pixels:
+            raise InputError(
+                f"image is {width}x{height} = {width * height} pixels, more than the "
+                f"{max_pixels} allowed (serve.max_image_pixels)",
+                reason="too_many_pixels",
+            )
+        try:
+            image.load()
+            return _to_array(image)
+        except (OSError, SyntaxError, ValueError, EOFError) as err:
+            raise InputError(
+                f"{image.format} image ({width}x{height}) is truncated or corrupt: {err}",
+                reason="truncated_image",
+            ) from None
+
+
+def _to_array(image: Image.Image) -> np.ndarray:
+    """uint8 (H, W, 1 or 3) from a loaded Pillow image, alpha composited onto black."""
+    grey = image.mode in _GREY_MODES or (image.mode in ("P", "PA") and _palette_is_grey(image))
+    has_alpha = "A" in image.getbands() or "transparency" in image.info
+    if image.mode.startswith("I;16"):
+        # 16-bit grey (e.g. PNG): Pillow's convert("L") would clip, so rescale 0..65535.
+        wide = np.asarray(image, dtype=np.float32)
+        return np.rint(wide / 257.0).astype(np.uint8)[..., None]
+    if has_alpha:
+        rgba = np.asarray(image.convert("LA" if grey else "RGBA"), dtype=np.float32)
+        colour, alpha = rgba[..., :-1], rgba[..., -1:] / 255.0
+        pixels = np.rint(colour * alpha).astype(np.uint8)
+    else:
+        pixels = np.asarray(image.convert("L" if grey else "RGB"), dtype=np.uint8)
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    return np.ascontiguousarray(pixels)
+
+
+def _palette_is_grey(image: Image.Image) -> bool:
+    palette = image.getpalette() or []
+    rgb = np.asarray(palette, dtype=np.int16).reshape(-1, 3)
+    return bool(np.all(rgb == rgb[:, :1]))
+
+
+def as_uint8_batch(
+    images: np.ndarray, image_shape: tuple[int, int, int], *, max_items: int
+) -> np.ndarray:
+    """Validate an array of already-sized images and return it as uint8 ``(N, H, W, C)``.
+
+    Accepted: ``(N, H, W)`` or ``(N, H, W, C)`` with C of 1 or 3 and ``(H, W)`` the model's;
+    integers in 0..255 (pixel values) or floats in [0, 1] (scaled by 255 and rounded, so they go
+    through exactly the uint8 preprocessing evaluation uses). Channels are converted to the
+    model's by the caller.
+
+    Args:
+        images: The decoded request array.
+        image_shape: The model's ``(H, W, C)``.
+        max_items: Most images allowed in one request (``serve.max_batch_items``).
+
+    Raises:
+        InputError: On a wrong shape, too many images, a non-numeric dtype, NaN/Inf or values
+            out of range.
+    """
+    height, width, _ = image_shape
+    arr = np.asarray(images)
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    if arr.ndim != 4 or arr.shape[1:3] != (height, width) or arr.shape[3] not in (1, 3):
+        raise InputError(
+            f"images must be (N, {height}, {width}) or (N, {height}, {width}, C) with C of 1 "
+            f"or 3, got shape {tuple(np.shape(images))}",
+            reason="bad_shape",
+            status=HTTPStatus.UNPROCESSABLE_ENTITY,
+        )
+    if arr.shape[0] == 0:
+        raise InputError(
+            "images holds no image", reason="bad_shape", status=HTTPStatus.UNPROCESSABLE_ENTITY
+        )
+    if arr.shape[0] > max_items:
+        raise InputError(
+            f"{arr.shape[0]} images in one request, more than the {max_items} allowed "
+            "(serve.max_batch_items)",
+            reason="too_many_items",
+            status=HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+        )
+    if arr.dtype == np.uint8:
+        return arr
+    if np.issubdtype(arr.dtype, np.integer):
+        if arr.min() < 0 or arr.max() > 255:
+            raise _out_of_range(f"integer pixels must be in 0..255, got {arr.min()}..{arr.max()}")
+        return arr.astype(np.uint8)
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.all(np.isfinite(arr)):
+            raise InputError(
+                f"images holds {np.count_nonzero(~np.isfinite(arr))} NaN or infinite value(s)",
+                reason="non_finite",
+                status=HTTPStatus.UNPROCESSABLE_ENTITY,
+            )
+        if arr.min() < 0 or arr.max() > 1:
+            raise _out_of_range(f"float pixels must be in [0, 1], got {arr.min()}..{arr.max()}")
+        return np.rint(arr * 255.0).astype(np.uint8)
+    raise InputError(
+        f"images must hold integers 0..255 or floats in [0, 1], got dtype {arr.dtype}",
+        reason="bad_dtype",
+        status=HTTPStatus.UNPROCESSABLE_ENTITY,
+    )
+
+
+def _out_of_range(message: str) -> InputError:
+    return InputError(message, reason="out_of_range", status=HTTPStatus.UNPROCESSABLE_ENTITY)

@@ -1,0 +1,182 @@
+"""The exported model behind the service: ONNX Runtime session, model card and preprocessing.
+
+Images go through :mod:`pipeline.preprocessing` exactly as in evaluation (resize, then channel
+conversion, then normalisation), and the graph's ``probabilities`` output already includes the
+fitted temperature, so what is served is what was evaluated. No BentoML here: the service class
+only adds HTTP around it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from pipeline.model_card import INPUT_NAME, METADATA_KEY, ModelCard
+from pipeline.preprocessing import match_channels, resize_images, to_model_input
+
+logger = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def execution_providers() -> list[str]:
+    """CUDA then CPU where this ONNX Runtime build has CUDA, else CPU only.
+
+    ONNX Runtime falls back to the CPU with only a log line when the CUDA libraries are missing,
+    so check :attr:`Predictor.provider` for what is really in use.
+    """
+    return [CUDA, CPU] if CUDA in ort.get_available_providers() else [CPU]
+
+
+def entropy(probabilities: np.ndarray) -> np.ndarray:
+    """Shannon entropy in nats of each row, with ``0 * log 0 = 0``."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    logs = np.log(np.where(p > 0, p, 1.0))
+    return -np.sum(p * logs, axis=-1)
+
+
+def top_k(probabilities: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest probabilities per row, largest first (ties: lower index)."""
+    order = np.argsort(-np.asarray(probabilities), axis=-1, kind="stable")
+    return order[..., :k]
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Per-item results of one model call; arrays of length N (``top_k`` is N x k)."""
+
+    probabilities: np.ndarray
+    predicted: np.ndarray
+    confidence: np.ndarray
+    entropy: np.ndarray
+    is_ood: np.ndarray
+    top_k: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.predicted)
+
+
+class Predictor:
+    """An exported calibrated classifier with its card, ready to score uint8 images.
+
+    Args:
+        model_path: The exported ``.onnx`` file (card in its metadata).
+        top_k: Probabilities reported per prediction (capped at the number of classes).
+        providers: ONNX Runtime execution providers in order of preference.
+
+    Raises:
+        ValueError: If the model has no model card or an unexpected input.
+    """
+
+    def __init__(self, model_path: Path, *, top_k: int, providers: Sequence[str]) -> None:
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        self.session = ort.InferenceSession(str(model_path), providers=list(providers))
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in meta:
+            raise ValueError(f"{model_path} has no {METADATA_KEY!r} model card in its metadata")
+        self.card = ModelCard.from_json(meta[METADATA_KEY])
+        inputs = [i.name for i in self.session.get_inputs()]
+        if inputs != [INPUT_NAME]:
+            raise ValueError(f"{model_path} must take one input {INPUT_NAME!r}, got {inputs}")
+        self.top_k = min(top_k, self.card.num_classes)
+        self.provider: str = self.session.get_providers()[0]
+        if providers and providers[0] != self.provider:
+            logger.warning("asked for %s but ONNX Runtime runs on %s", providers[0], self.provider)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """The model's input ``(H, W, C)``."""
+        height, width, channels = self.card.image_shape
+        return height, width, channels
+
+    def conform(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Bring uint8 ``(H, W, C)`` images of any size and 1 or 3 channels to the model's shape.
+
+        Each image is resized, then converted to the model's channels, with the same
+        :mod:`pipeline.preprocessing` calls evaluation uses for out-of-distribution sets.
+
+        Returns:
+            uint8 ``(N, H, W, C)`` at the model's shape.
+        """
+        height, width, channels = self.image_shape
+        out = np.empty((len(images), height, width, channels), dtype=np.uint8)
+        for i, image in enumerate(images):
+            resized = resize_images(image[None], (height, width))
+            out[i] = match_channels(resized, channels)[0]
+        return out
+
+    def predict(self, images: np.ndarray, *, batch_size: int) -> Predictions:
+        """Score uint8 ``(N, H, W, C)`` images already at the model's shape.
+
+        Args:
+            images: The batch; its shape must equal ``(N, *image_shape)``.
+            batch_size: Most images per ONNX Runtime call.
+
+        Raises:
+            ValueError: On a dtype or shape other than the model's.
+        """
+        if images.dtype != np.uint8 or images.shape[1:] != self.image_shape:
+            raise ValueError(
+                f"expected uint8 (N, {', '.join(map(str, self.image_shape))}), "
+                f"got {images.dtype} {images.shape}"
+            )
+        card = self.card
+        chunks = [
+            self.session.run(
+                ["probabilities"],
+                {
+                    INPUT_NAME: to_model_input(
+                        images[start : start + batch_size], card.mean, card.std
+                    )
+                },
+            )[0]
+            for start in range(0, len(images), batch_size)
+        ]
+        probs = (
+            np.concatenate(chunks) if chunks else np.zeros((0, card.num_classes), dtype=np.float32)
+        )
+        predicted = np.argmax(probs, axis=1) if len(probs) else np.zeros(0, dtype=np.int64)
+        confidence = probs[np.arange(len(probs)), predicted].astype(np.float64)
+        return Predictions(
+            probabilities=probs,
+            predicted=predicted,
+            confidence=confidence,
+            entropy=entropy(probs),
+            is_ood=confidence < card.ood_threshold,
+            top_k=top_k(probs, self.top_k),
+        )
+
+    def records(self, predictions: Predictions) -> list[dict[str, Any]]:
+        """One JSON-ready mapping per item with the fields the service returns."""
+        names = self.card.class_names
+        return [
+            {
+                "class_index": int(predictions.predicted[i]),
+                "class_name": names[predictions.predicted[i]],
+                "confidence": float(predictions.confidence[i]),
+                "top_k": [
+                    {
+                        "class_index": int(j),
+                        "class_name": names[j],
+                        "probability": float(predictions.probabilities[i, j]),
+                    }
+                    for j in predictions.top_k[i]
+                ],
+                "entropy": float(predictions.entropy[i]),
+                "is_ood": bool(predictions.is_ood[i]),
+                "model_version": self.card.model_version,
+            }
+            for i in range(len(predictions))
+        ]
+
+    def warm_up(self) -> None:
+        """Run one batch of two blank images so the first request pays no start-up cost."""
+        self.predict(np.zeros((2, *self.image_shape), dtype=np.uint8), batch_size=2)

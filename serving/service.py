@@ -1,0 +1,164 @@
+"""The HTTP service: ``bentoml serve serving.service:ImageClassifier``.
+
+One BentoML class over the exported ONNX model (``RANKCAL_MODEL``, default ``models/model.onnx``)
+configured by the ``serve`` section of ``RANKCAL_PARAMS`` (default ``params.yaml``). Endpoints,
+fields and error codes are described in ``docs/serving.md``.
+
+Refusals are made in two places, and every one answers ``{"error": ..., "reason": ...}`` with a
+4xx status: :class:`RequestGuard`, an ASGI middleware in front of the prediction routes, refuses
+what must never reach BentoML's parsers (unsupported or pickle content types: 415; bodies over
+``serve.max_request_bytes``: 413; empty bodies: 400); the endpoints refuse what they cannot read
+(pydantic validation errors, which BentoML answers 400, and :class:`~serving.images.InputError`).
+The guard also rewrites BentoML's own error bodies into that shape and counts each refusal once
+in ``rankcal_rejected_requests_total``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import bentoml
+import numpy as np
+from bentoml.validators import ContentType
+from pydantic import AfterValidator, BaseModel, BeforeValidator
+from pydantic_core import PydanticCustomError
+from starlette.responses import JSONResponse
+
+from pipeline.config import ServeConfig, load_section, read_params
+from pipeline.preprocessing import match_channels
+from serving.guard import RequestGuard, error_response
+from serving.images import InputError, as_uint8_batch, decode_image
+from serving.metrics import ServiceMetrics
+from serving.predictor import Predictor, execution_providers
+
+logger = logging.getLogger(__name__)
+# BentoML's workers log the root logger at WARNING; the start-up line names model and provider.
+logging.getLogger("serving").setLevel(logging.INFO)
+
+MODEL_PATH = Path(os.environ.get("RANKCAL_MODEL", "models/model.onnx"))
+PARAMS_PATH = Path(os.environ.get("RANKCAL_PARAMS", "params.yaml"))
+# Read at import: BentoML takes workers, port and batching from the class decorator.
+SERVE: ServeConfig = load_section(read_params(PARAMS_PATH), "serve")
+
+# Prediction routes and the content types each accepts (fnmatch patterns; a request without a
+# Content-Type header is let through, as BentoML reads it as the route's default).
+ROUTES: dict[str, tuple[str, ...]] = {
+    "/classify": ("image/*", "application/octet-stream"),
+    "/classify_batch": ("application/json",),
+}
+
+
+class ClassProbability(BaseModel):
+    """One of the top-k classes."""
+
+    class_index: int
+    class_name: str
+    probability: float
+
+
+class Prediction(BaseModel):
+    """One image's calibrated prediction (``confidence`` is the top-1 probability)."""
+
+    class_index: int
+    class_name: str
+    confidence: float
+    top_k: list[ClassProbability]
+    entropy: float  # nats
+    is_ood: bool  # confidence < the model card's ood_threshold
+    model_version: str
+
+
+class BatchPrediction(BaseModel):
+    """Predictions for the images of one batch request, in request order."""
+
+    predictions: list[Prediction]
+
+
+def _decode_upload(data: bytes) -> list[np.ndarray]:
+    """Decode one uploaded file into a one-item list: BentoML batches requests by joining lists."""
+    try:
+        return [decode_image(data, max_pixels=SERVE.max_image_pixels)]
+    except InputError as err:
+        raise PydanticCustomError(err.reason, "{message}", {"message": str(err)}) from None
+
+
+def _only_item(value: Any) -> Any:
+    """A batched call answers each request with a one-item list; the response is that item."""
+    return value[0] if isinstance(value, list) and len(value) == 1 else value
+
+
+ImageUpload = Annotated[bytes, ContentType("image/*"), AfterValidator(_decode_upload)]
+SinglePrediction = Annotated[Prediction, BeforeValidator(_only_item)]
+
+
+@bentoml.service(name="rankcal", workers=SERVE.workers, http={"port": SERVE.port})
+class ImageClassifier:
+    """Calibrated image classification with drift metrics; ready once a warm-up batch has run."""
+
+    def __init__(self) -> None:
+        self._warm = threading.Event()
+        self.predictor = Predictor(MODEL_PATH, top_k=SERVE.top_k, providers=execution_providers())
+        card, provider = self.predictor.card, self.predictor.provider
+        logger.info(
+            "serving %s: %s model %s, %d classes, on %s",
+            MODEL_PATH,
+            card.dataset,
+            card.model_version,
+            card.num_classes,
+            provider,
+        )
+        self.metrics = ServiceMetrics(card, window=SERVE.window, provider=provider)
+        # In the background, so /livez answers while /readyz says 503 until the model has run.
+        threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
+
+    def _warm_up(self) -> None:
+        try:
+            self.predictor.warm_up()
+        except Exception:
+            logger.exception("warm-up batch failed: /readyz stays 503")
+            return
+        self._warm.set()
+        logger.info("warm-up batch done: ready")
+
+    def __is_ready__(self) -> bool:
+        return self._warm.is_set()
+
+    @bentoml.api(
+        route="/classify",
+        batchable=SERVE.batching and SERVE.max_batch_size > 1,
+        batch_dim=0,
+        max_batch_size=max(SERVE.max_batch_size, 2),
+        max_latency_ms=SERVE.max_latency_ms,
+    )
+    def classify(self, images: ImageUpload, /) -> SinglePrediction:
+        """Classify one image file sent as the request body.
+
+        BentoML passes the decoded images of one or more requests as a list (each request
+        contributes a one-item list, see ``_decode_upload``) and splits the returned list back
+        by position, so item i answers request i whatever order the batch was formed in.
+        """
+        return self._predict(self.predictor.conform(images))  # type: ignore[arg-type,return-value]
+
+    @bentoml.api(route="/classify_batch", output_spec=BatchPrediction)
+    def classify_batch(self, images: np.ndarray) -> BatchPrediction | JSONResponse:
+        """Classify already-sized images: ``{"images": N x H x W (x C) nested lists}``."""
+        try:
+            batch = as_uint8_batch(
+                images, self.predictor.image_shape, max_items=SERVE.max_batch_items
+            )
+        except InputError as err:
+            return error_response(err.status, str(err), err.reason)
+        batch = match_channels(batch, self.predictor.image_shape[2])
+        return BatchPrediction(predictions=self._predict(batch))
+
+    def _predict(self, batch: np.ndarray) -> list[Prediction]:
+        out = self.predictor.predict(batch, batch_size=SERVE.max_batch_size)
+        self.metrics.record_predictions(out.confidence, out.predicted, out.is_ood)
+        return [Prediction.model_validate(r) for r in self.predictor.records(out)]
+
+
+ImageClassifier.add_asgi_middleware(RequestGuard, max_bytes=SERVE.max_request_bytes, routes=ROUTES)

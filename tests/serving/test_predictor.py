@@ -1,0 +1,157 @@
+"""The exported model behind the service (serving/predictor.py), against a direct ORT run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from pipeline.model_card import INPUT_NAME
+from pipeline.preprocessing import match_channels, resize_images, to_model_input
+from serving.predictor import CPU, Predictor, entropy, execution_providers, top_k
+from tests.serving.conftest import CLASS_NAMES, SIZE, ExportedModel, quadrant_images
+
+
+@pytest.fixture(scope="module")
+def predictor(exported_model: ExportedModel) -> Predictor:
+    return Predictor(exported_model.path, top_k=3, providers=[CPU])
+
+
+def direct_probabilities(model: ExportedModel, images: np.ndarray) -> np.ndarray:
+    """What evaluation's code path gives: resize, match channels, normalise, run the graph."""
+    session = ort.InferenceSession(str(model.path), providers=[CPU])
+    fitted = match_channels(resize_images(images, (SIZE, SIZE)), 1)
+    x = to_model_input(fitted, model.card.mean, model.card.std)
+    return session.run(["probabilities"], {INPUT_NAME: x})[0]
+
+
+def test_card_and_provider_come_from_the_model(
+    predictor: Predictor, exported_model: ExportedModel
+) -> None:
+    assert predictor.card == exported_model.card
+    assert predictor.image_shape == (SIZE, SIZE, 1)
+    assert predictor.provider == CPU
+    assert predictor.top_k == 3
+
+
+def test_predictions_match_a_direct_onnx_run(
+    predictor: Predictor, exported_model: ExportedModel
+) -> None:
+    images, labels = quadrant_images(16, seed=3)
+    expected = direct_probabilities(exported_model, images)
+    out = predictor.predict(images, batch_size=5)  # chunked: 5 + 5 + 5 + 1
+    np.testing.assert_allclose(out.probabilities, expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(out.predicted, expected.argmax(axis=1))
+    np.testing.assert_allclose(out.confidence, expected.max(axis=1), rtol=1e-6)
+    np.testing.assert_array_equal(out.is_ood, out.confidence < exported_model.card.ood_threshold)
+    # The briefly trained model gets the toy task mostly right, so classes vary in the tests.
+    assert (out.predicted == labels).mean() >= 0.75
+
+
+@pytest.mark.parametrize("kind", ["grey", "rgb", "rgba", "larger_rgb"])
+def test_image_kinds_are_conformed_like_evaluation(
+    predictor: Predictor, exported_model: ExportedModel, kind: str
+) -> None:
+    grey, _ = quadrant_images(4, seed=5)
+    rgb = np.repeat(grey, 3, axis=3)
+    rgb[..., 0] //= 2  # make the channels differ so the luma weights matter
+    decoded = {
+        "grey": grey,
+        "rgb": rgb,
+        # RGBA arrives from serving.images already composited: opaque alpha = plain RGB
+        "rgba": rgb,
+        "larger_rgb": np.repeat(np.repeat(rgb, 2, axis=1), 2, axis=2),
+    }[kind]
+    batch = predictor.conform(list(decoded))
+    assert batch.shape == (4, SIZE, SIZE, 1)
+    assert batch.dtype == np.uint8
+    expected = direct_probabilities(exported_model, decoded)
+    np.testing.assert_allclose(
+        predictor.predict(batch, batch_size=8).probabilities, expected, rtol=1e-5, atol=1e-7
+    )
+
+
+def test_conform_accepts_mixed_sizes(predictor: Predictor) -> None:
+    images = [np.zeros((3, 9, 1), np.uint8), np.full((30, 20, 3), 255, np.uint8)]
+    batch = predictor.conform(images)
+    assert batch.shape == (2, SIZE, SIZE, 1)
+    assert batch[0].max() == 0
+    assert batch[1].min() == 255
+
+
+def test_top_k_is_sorted_and_ties_keep_class_order() -> None:
+    probs = np.array([[0.1, 0.4, 0.1, 0.4], [0.7, 0.1, 0.15, 0.05]])
+    np.testing.assert_array_equal(top_k(probs, 3), [[1, 3, 0], [0, 2, 1]])
+
+
+def test_entropy_by_hand() -> None:
+    # H([1/2, 1/4, 1/4, 0]) = 1/2 ln 2 + 2 * 1/4 ln 4 = 1.5 ln 2; one-hot: 0; uniform: ln 4.
+    probs = np.array([[0.5, 0.25, 0.25, 0.0], [0, 0, 1, 0], [0.25] * 4])
+    np.testing.assert_allclose(entropy(probs), [1.5 * np.log(2), 0.0, np.log(4)], atol=1e-12)
+
+
+def test_records_carry_every_field(predictor: Predictor) -> None:
+    images, _ = quadrant_images(3, seed=7)
+    out = predictor.predict(images, batch_size=8)
+    records = predictor.records(out)
+    assert len(records) == 3
+    for i, record in enumerate(records):
+        assert set(record) == {
+            "class_index",
+            "class_name",
+            "confidence",
+            "top_k",
+            "entropy",
+            "is_ood",
+            "model_version",
+        }
+        assert record["class_name"] == CLASS_NAMES[record["class_index"]]
+        assert record["model_version"] == "test-0001"
+        probs = [entry["probability"] for entry in record["top_k"]]
+        assert probs == sorted(probs, reverse=True)
+        assert len(probs) == 3
+        assert record["top_k"][0]["class_index"] == record["class_index"]
+        assert probs[0] == pytest.approx(record["confidence"])
+        assert record["entropy"] == pytest.approx(float(entropy(out.probabilities[i])))
+        assert record["is_ood"] == (record["confidence"] < 0.6)
+
+
+def test_top_k_is_capped_at_the_number_of_classes(exported_model: ExportedModel) -> None:
+    predictor = Predictor(exported_model.path, top_k=10, providers=[CPU])
+    images, _ = quadrant_images(1)
+    record = predictor.records(predictor.predict(images, batch_size=1))[0]
+    assert len(record["top_k"]) == len(CLASS_NAMES)
+    assert sum(e["probability"] for e in record["top_k"]) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    "images",
+    [np.zeros((2, SIZE, SIZE, 1), np.float32), np.zeros((2, SIZE, SIZE, 3), np.uint8)],
+)
+def test_predict_refuses_other_shapes_and_dtypes(predictor: Predictor, images: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="expected uint8"):
+        predictor.predict(images, batch_size=2)
+
+
+def test_warm_up_runs(predictor: Predictor) -> None:
+    predictor.warm_up()
+
+
+def test_a_model_without_card_is_refused(exported_model: ExportedModel, tmp_path: Path) -> None:
+    proto = onnx.load(str(exported_model.path))
+    del proto.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(proto, str(bare))
+    with pytest.raises(ValueError, match="model card"):
+        Predictor(bare, top_k=1, providers=[CPU])
+
+
+def test_execution_providers_end_with_cpu() -> None:
+    providers = execution_providers()
+    assert providers[-1] == CPU
+    assert ("CUDAExecutionProvider" in providers) == (
+        "CUDAExecutionProvider" in ort.get_available_providers()
+    )

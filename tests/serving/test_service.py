@@ -1,0 +1,628 @@
+"""The service end to end: the serve image's CMD under ``bentoml serve``, real HTTP, /metrics.
+
+The module's service runs exactly the command and environment of the Dockerfile's ``serve``
+target (model and params pointed at test files) with torch made unimportable, as in the image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import importlib
+import json
+import pickle
+import re
+import shlex
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipeline.config import load_section, read_params
+from pipeline.model_card import INPUT_NAME
+from pipeline.preprocessing import match_channels, resize_images, to_model_input
+from serving.predictor import execution_providers
+from tests.serving.conftest import (
+    CLASS_NAMES,
+    ROOT,
+    SIZE,
+    ExportedModel,
+    RunningService,
+    free_port,
+    no_torch_dir,
+    png_bytes,
+    quadrant_images,
+    run_service,
+    service_env,
+    write_params,
+)
+from tests.serving.test_images import png_with_header_size
+
+# Deprecations inside BentoML 1.4.40 (pydantic and pathspec APIs), seen in in-process tests.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:The `__get_pydantic_core_schema__`"),
+    pytest.mark.filterwarnings("ignore:GitWildMatchPattern"),
+]
+
+DOCKERFILE = ROOT / "Dockerfile"
+SERVICE = "serving.service:ImageClassifier"
+# Limits of the test service, small enough to trip with small payloads.
+LIMITS = {"max_request_bytes": 65536, "max_image_pixels": 4096, "max_batch_items": 16}
+
+
+# --- the Dockerfile, read without a Docker daemon ----------------------------------------------
+
+
+@dataclass
+class Stage:
+    name: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def args(self, keyword: str) -> list[str]:
+        return [args for kw, args in self.instructions if kw == keyword]
+
+    def env(self) -> dict[str, str]:
+        pairs = [token.split("=", 1) for args in self.args("ENV") for token in shlex.split(args)]
+        return dict(pairs)  # type: ignore[arg-type]
+
+    def copies(self) -> list[tuple[list[str], str]]:
+        out = []
+        for args in self.args("COPY"):
+            tokens = [t for t in shlex.split(args) if not t.startswith("--")]
+            out.append((tokens[:-1], tokens[-1]))
+        return out
+
+
+def dockerfile_stages() -> dict[str, Stage]:
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    stages: dict[str, Stage] = {}
+    current: Stage | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        keyword, _, args = line.partition(" ")
+        keyword, args = keyword.upper(), " ".join(args.split())
+        if keyword == "FROM":
+            current = stages.setdefault(args.split()[-1], Stage(args.split()[-1]))
+        if current is not None:
+            current.instructions.append((keyword, args))
+    return stages
+
+
+def serve_stage() -> Stage:
+    return dockerfile_stages()["serve"]
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Metrics:
+    """One /metrics scrape: samples by name, summed over matching labels."""
+
+    samples: list[Any]
+
+    @classmethod
+    def scrape(cls, url: str) -> Metrics:
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+        return cls([s for family in text_string_to_metric_families(text) for s in family.samples])
+
+    def get(self, name: str, **labels: str) -> float:
+        return sum(
+            s.value
+            for s in self.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
+
+    def names(self) -> set[str]:
+        return {s.name for s in self.samples}
+
+    def labelsets(self, name: str) -> list[dict[str, str]]:
+        return [s.labels for s in self.samples if s.name == name]
+
+
+def offline(model: ExportedModel, images: list[np.ndarray]) -> np.ndarray:
+    """Probabilities from ONNX Runtime directly, with evaluation's preprocessing."""
+    height, width, channels = model.card.image_shape
+    fitted = np.concatenate(
+        [match_channels(resize_images(im[None], (height, width)), channels) for im in images]
+    )
+    session = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"])
+    x = to_model_input(fitted, model.card.mean, model.card.std)
+    return session.run(["probabilities"], {INPUT_NAME: x})[0]
+
+
+def assert_matches(prediction: dict[str, Any], probs: np.ndarray, model: ExportedModel) -> None:
+    assert prediction["class_index"] == int(probs.argmax())
+    assert prediction["class_name"] == CLASS_NAMES[int(probs.argmax())]
+    assert prediction["confidence"] == pytest.approx(float(probs.max()), rel=1e-5)
+    assert prediction["is_ood"] == bool(probs.max() < model.card.ood_threshold)
+    assert prediction["model_version"] == model.card.model_version
+    p = probs.astype(np.float64)
+    p = p[p > 0]  # 0 log 0 = 0
+    assert prediction["entropy"] == pytest.approx(float(-(p * np.log(p)).sum()), rel=1e-4, abs=1e-6)
+    top = [(e["class_index"], e["probability"]) for e in prediction["top_k"]]
+    assert [i for i, _ in top] == list(np.argsort(-probs, kind="stable")[:3])
+    assert [v for _, v in top] == pytest.approx([float(probs[i]) for i, _ in top], rel=1e-5)
+
+
+def post_image(url: str, data: bytes, media_type: str = "image/png") -> httpx.Response:
+    return httpx.post(f"{url}/classify", content=data, headers={"Content-Type": media_type})
+
+
+def sample_images(n: int, seed: int) -> list[np.ndarray]:
+    images, _ = quadrant_images(n, seed=seed)
+    return list(images)
+
+
+# --- the service as the serve image runs it ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def service(
+    exported_model: ExportedModel, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningService]:
+    """One worker from the serve target's CMD and ENV, without torch."""
+    tmp = tmp_path_factory.mktemp("service")
+    port = free_port()
+    # A generous latency budget: a busy CI machine must not turn batching into 503s.
+    params = write_params(
+        tmp / "params.yaml", port=port, workers=1, max_latency_ms=10_000, **LIMITS
+    )
+    stage = serve_stage()
+    env = {**service_env(exported_model.path, params, [no_torch_dir(tmp)]), **stage.env()}
+    env.update(
+        RANKCAL_MODEL=str(exported_model.path),
+        RANKCAL_PARAMS=str(params),
+        BENTOML_HOME=str(tmp / "bentoml_home"),
+    )
+    cmd = json.loads(stage.args("CMD")[-1])
+    with run_service(cmd, env, port, tmp / "service.log") as running:
+        yield running
+
+
+def active_provider(model: ExportedModel) -> str:
+    """The provider the service should end up on here: CUDA where it loads, else the CPU."""
+    session = ort.InferenceSession(str(model.path), providers=execution_providers())
+    return session.get_providers()[0]
+
+
+def test_probes(service: RunningService, exported_model: ExportedModel) -> None:
+    assert httpx.get(f"{service.url}/readyz").status_code == 200
+    assert httpx.get(f"{service.url}/livez").status_code == 200
+    log = service.log_text()
+    assert f"on {active_provider(exported_model)}" in log  # the active provider, logged at start
+    assert "warm-up batch done" in log
+
+
+def test_image_predictions_match_offline_onnx(
+    service: RunningService, exported_model: ExportedModel
+) -> None:
+    grey = sample_images(4, seed=11)
+    rgb = [np.repeat(np.repeat(np.repeat(im, 3, axis=2), 2, axis=0), 2, axis=1) for im in grey]
+    rgba = [np.concatenate([im, np.full_like(im[..., :1], 255)], axis=2) for im in rgb]
+    for images in (grey, rgb):
+        expected = offline(exported_model, images)
+        for image, probs in zip(images, expected, strict=True):
+            response = post_image(service.url, png_bytes(image))
+            assert response.status_code == 200, response.text
+            assert_matches(response.json(), probs, exported_model)
+    expected = offline(exported_model, rgb)  # opaque RGBA = RGB
+    for image, probs in zip(rgba, expected, strict=True):
+        assert_matches(post_image(service.url, png_bytes(image)).json(), probs, exported_model)
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(
+    service: RunningService, exported_model: ExportedModel
+) -> None:
+    images = sample_images(32, seed=12)
+    expected = offline(exported_model, images)
+    before = Metrics.scrape(service.url)
+
+    async def send_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+            return await asyncio.gather(
+                *[
+                    client.post(
+                        "/classify", content=png_bytes(im), headers={"Content-Type": "image/png"}
+                    )
+                    for im in images
+                ]
+            )
+
+    responses = asyncio.run(send_all())
+    for response, probs in zip(responses, expected, strict=True):
+        assert response.status_code == 200, response.text
+        assert_matches(response.json(), probs, exported_model)
+    after = Metrics.scrape(service.url)
+    name = "bentoml_service_adaptive_batch_size"
+    calls = after.get(f"{name}_count", method_name="classify") - before.get(
+        f"{name}_count", method_name="classify"
+    )
+    singles = after.get(f"{name}_bucket", method_name="classify", le="1.0") - before.get(
+        f"{name}_bucket", method_name="classify", le="1.0"
+    )
+    assert 0 < calls < len(images)  # adaptive batching joined some requests
+    assert singles < calls
+
+
+def test_batch_endpoint_matches_offline_onnx(
+    service: RunningService, exported_model: ExportedModel
+) -> None:
+    images = np.stack(sample_images(6, seed=13))
+    expected = offline(exported_model, list(images))
+    rgb = np.repeat(images, 3, axis=3)
+    for payload in (images[..., 0].tolist(), (images / 255.0).tolist(), rgb.tolist()):
+        response = httpx.post(f"{service.url}/classify_batch", json={"images": payload})
+        assert response.status_code == 200, response.text
+        predictions = response.json()["predictions"]
+        assert len(predictions) == len(images)
+        for prediction, probs in zip(predictions, expected, strict=True):
+            assert_matches(prediction, probs, exported_model)
+
+
+def test_metrics_count_what_was_served(
+    service: RunningService, exported_model: ExportedModel
+) -> None:
+    images = sample_images(8, seed=14)
+    expected = offline(exported_model, images)
+    before = Metrics.scrape(service.url)
+    for image in images[:5]:
+        assert post_image(service.url, png_bytes(image)).status_code == 200
+    batch = {"images": np.stack(images[5:])[..., 0].tolist()}
+    assert httpx.post(f"{service.url}/classify_batch", json=batch).status_code == 200
+    after = Metrics.scrape(service.url)
+
+    assert after.get("rankcal_confidence_count") - before.get("rankcal_confidence_count") == 8
+    classes = expected.argmax(axis=1)
+    for k, name in enumerate(CLASS_NAMES):
+        served = after.get("rankcal_predictions_total", class_name=name) - before.get(
+            "rankcal_predictions_total", class_name=name
+        )
+        assert served == np.count_nonzero(classes == k), name
+    ood = int(np.count_nonzero(expected.max(axis=1) < exported_model.card.ood_threshold))
+    assert (
+        after.get("rankcal_ood_predictions_total") - before.get("rankcal_ood_predictions_total")
+        == ood
+    )
+    confidence_sum = after.get("rankcal_confidence_sum") - before.get("rankcal_confidence_sum")
+    assert confidence_sum == pytest.approx(float(expected.max(axis=1).sum()), rel=1e-5)
+    assert after.labelsets("rankcal_model_info") == [
+        {
+            "model_version": "test-0001",
+            "provider": active_provider(exported_model),
+            "dataset": "quadrants",
+        }
+    ]
+    # BentoML's own metrics are there beside ours.
+    assert "bentoml_service_request_total" in after.names()
+    assert after.get("bentoml_service_request_total", endpoint="/classify") > 0
+
+
+def _json(payload: Any) -> Callable[[], bytes]:
+    return lambda: json.dumps(payload).encode()  # NaN and Infinity become JSON's NaN literals
+
+
+def _grey(n: int = 1, value: Any = 0) -> list[Any]:
+    return np.full((n, SIZE, SIZE), value).tolist()
+
+
+def _truncated_png() -> bytes:
+    data = png_bytes(np.random.default_rng(0).integers(0, 256, (30, 30, 3), dtype=np.uint8))
+    return data[: len(data) // 2]
+
+
+IMG, BATCH = "/classify", "/classify_batch"
+PNG, JSON, PICKLE = "image/png", "application/json", "application/vnd.bentoml+pickle"
+FORM = "application/x-www-form-urlencoded"
+# route, body, content type (None: no header), status, reason
+BAD_INPUTS = [
+    pytest.param(IMG, lambda: b"", PNG, 400, "empty_body", id="empty"),
+    pytest.param(IMG, lambda: b"GIF89a, not really", "image/gif", 400, "not_an_image", id="junk"),
+    pytest.param(IMG, _truncated_png, PNG, 400, "truncated_image", id="truncated"),
+    pytest.param(IMG, lambda: png_with_header_size(0, 7), PNG, 400, "not_an_image", id="zero"),
+    pytest.param(
+        IMG, lambda: png_with_header_size(50_000, 50_000), PNG, 400, "too_many_pixels", id="bomb"
+    ),
+    pytest.param(
+        IMG, lambda: png_bytes(np.zeros((65, 64), np.uint8)), PNG, 400, "too_many_pixels", id="big"
+    ),
+    pytest.param(IMG, lambda: b"\0" * 70_000, PNG, 413, "too_large", id="body_too_large"),
+    pytest.param(IMG, lambda: pickle.dumps(1), PICKLE, 415, "unsupported_media_type", id="pickle"),
+    pytest.param(IMG, lambda: b"hi", "text/plain", 415, "unsupported_media_type", id="text"),
+    pytest.param(
+        IMG,
+        lambda: b"--x--",
+        "multipart/form-data; boundary=x",
+        415,
+        "unsupported_media_type",
+        id="multipart",
+    ),
+    pytest.param(
+        BATCH, lambda: pickle.dumps([1]), PICKLE, 415, "unsupported_media_type", id="b_pkl"
+    ),
+    pytest.param(BATCH, lambda: b"images=1", FORM, 415, "unsupported_media_type", id="b_form"),
+    pytest.param(BATCH, _json({"images": _grey()[0]}), JSON, 422, "bad_shape", id="b_shape"),
+    pytest.param(
+        BATCH,
+        _json({"images": np.zeros((1, SIZE, SIZE, 2)).tolist()}),
+        None,
+        422,
+        "bad_shape",
+        id="b_channels",
+    ),
+    pytest.param(BATCH, _json({"images": _grey(1, np.nan)}), JSON, 422, "non_finite", id="b_nan"),
+    pytest.param(BATCH, _json({"images": _grey(1, np.inf)}), JSON, 422, "non_finite", id="b_inf"),
+    pytest.param(BATCH, _json({"images": _grey(1, 300)}), JSON, 422, "out_of_range", id="b_range"),
+    pytest.param(BATCH, _json({"images": _grey(1, "a")}), JSON, 422, "bad_dtype", id="b_dtype"),
+    pytest.param(BATCH, _json({"images": _grey(17)}), JSON, 413, "too_many_items", id="b_many"),
+    pytest.param(BATCH, _json({"images": [[1, 2], [3]]}), JSON, 400, "value_error", id="b_ragged"),
+    pytest.param(BATCH, lambda: b'{"images": [', JSON, 400, "json_invalid", id="b_not_json"),
+    pytest.param(BATCH, _json({"pictures": []}), JSON, 400, "missing", id="b_missing"),
+]
+
+
+@pytest.mark.parametrize(("route", "body", "media_type", "status", "reason"), BAD_INPUTS)
+def test_bad_input_is_refused_and_counted(
+    service: RunningService,
+    route: str,
+    body: Callable[[], bytes],
+    media_type: str | None,
+    status: int,
+    reason: str,
+) -> None:
+    before = Metrics.scrape(service.url)
+    headers = {} if media_type is None else {"Content-Type": media_type}
+    response = httpx.post(f"{service.url}{route}", content=body(), headers=headers, timeout=30)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()
+    assert set(error) == {"error", "reason"}
+    assert error["reason"] == reason
+    assert len(error["error"]) > 10
+    after = Metrics.scrape(service.url)
+    counted = after.get("rankcal_rejected_requests_total", reason=reason) - before.get(
+        "rankcal_rejected_requests_total", reason=reason
+    )
+    assert counted == 1
+    assert after.get("rankcal_confidence_count") == before.get("rankcal_confidence_count")
+    # ... and the service still answers.
+    assert httpx.get(f"{service.url}/readyz").status_code == 200
+    assert post_image(service.url, png_bytes(sample_images(1, seed=0)[0])).status_code == 200
+
+
+def test_chunked_body_over_the_limit_is_refused(service: RunningService) -> None:
+    def chunks() -> Iterator[bytes]:
+        for _ in range(10):
+            yield b"\0" * 10_000  # no Content-Length: the guard counts while reading
+
+    response = httpx.post(
+        f"{service.url}/classify", content=chunks(), headers={"Content-Type": "image/png"}
+    )
+    assert response.status_code == 413
+    assert response.json()["reason"] == "too_large"
+
+
+# --- two workers --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_workers_aggregate_metrics(exported_model: ExportedModel, tmp_path: Path) -> None:
+    """Two workers, and adaptive batching off (the 1-worker service has it on)."""
+    port = free_port()
+    params = write_params(tmp_path / "params.yaml", port=port, workers=2, batching=False, **LIMITS)
+    env = service_env(exported_model.path, params)
+    images = sample_images(30, seed=21)
+    expected = offline(exported_model, images)
+
+    async def send_all(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            singles = [
+                client.post(
+                    "/classify", content=png_bytes(im), headers={"Content-Type": "image/png"}
+                )
+                for im in images[:20]
+            ]
+            batch = client.post(
+                "/classify_batch", json={"images": np.stack(images[20:])[..., 0].tolist()}
+            )
+            bad = [
+                client.post("/classify", content=b"no image", headers={"Content-Type": "image/png"})
+                for _ in range(3)
+            ]
+            return await asyncio.gather(*singles, batch, *bad)
+
+    argv = [str(Path(sys.executable).parent / "bentoml"), "serve", SERVICE]
+    with run_service(argv, env, port, tmp_path / "service.log") as running:
+        responses = asyncio.run(send_all(running.url))
+        metrics = Metrics.scrape(running.url)
+        log = running.log_text()
+    assert [r.status_code for r in responses] == [200] * 21 + [400] * 3
+    for response, probs in zip(responses[:20], expected[:20], strict=True):
+        assert_matches(response.json(), probs, exported_model)
+    for prediction, probs in zip(responses[20].json()["predictions"], expected[20:], strict=True):
+        assert_matches(prediction, probs, exported_model)
+
+    assert log.count("warm-up batch done") == 2
+    assert metrics.get("rankcal_confidence_count") == 30
+    classes = expected.argmax(axis=1)
+    for k, name in enumerate(CLASS_NAMES):
+        assert metrics.get("rankcal_predictions_total", class_name=name) == np.count_nonzero(
+            classes == k
+        )
+    assert metrics.get("rankcal_rejected_requests_total", reason="not_an_image") == 3
+    # Per-process window gauges: one series per worker pid, together holding every prediction.
+    assert metrics.get("rankcal_window_size") == 30
+    # Both histograms survive the multiprocess collection (BentoML's and ours).
+    assert metrics.get("bentoml_service_request_duration_seconds_count") >= 24
+    assert metrics.get("rankcal_confidence_bucket", le="+Inf") == 30
+
+
+# --- in-process checks -------------------------------------------------------------------------
+
+
+def test_readyz_waits_for_the_warm_up_batch(
+    exported_model: ExportedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RANKCAL_PARAMS", str(ROOT / "params.yaml"))
+    module = importlib.import_module("serving.service")
+    release = threading.Event()
+    warm_up = module.Predictor.warm_up
+
+    def slow_warm_up(self: Any) -> None:
+        assert release.wait(10)
+        warm_up(self)
+
+    class NoMetrics:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+    monkeypatch.setattr(module, "MODEL_PATH", exported_model.path)
+    monkeypatch.setattr(module, "ServiceMetrics", NoMetrics)  # keep the global registry clean
+    monkeypatch.setattr(module.Predictor, "warm_up", slow_warm_up)
+    instance = module.ImageClassifier.inner()
+    assert instance.__is_ready__() is False
+    release.set()
+    instance._warm.wait(10)
+    assert instance.__is_ready__() is True
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (400, b'{"error": "x", "reason": "bad_shape"}', ("x", "bad_shape")),
+        # BentoML 1.4.40 answers a BentoMLException with its body wrapped in a list.
+        (415, b'[{"error": "pickle refused"}]', ("pickle refused", "unsupported_media_type")),
+        (
+            400,
+            b'{"error": "1 validation error", "detail": [{"type": "missing", "loc": ["images"],'
+            b' "msg": "Field required"}]}',
+            ("images: Field required", "missing"),
+        ),
+        (405, b"Method Not Allowed", ("Method Not Allowed", "method_not_allowed")),
+        (503, b'{"error": "An unexpected error"}', (None, "overloaded")),
+    ],
+)
+def test_error_bodies_are_rewritten(
+    status: int, body: bytes, expected: tuple[str | None, str]
+) -> None:
+    from serving.guard import _describe
+
+    error, reason = _describe(status, body)
+    assert reason == expected[1]
+    if expected[0] is not None:
+        assert error == expected[0]
+
+
+# --- the Dockerfile ----------------------------------------------------------------------------
+
+
+def dockerignored(path: str) -> bool:
+    """Whether .dockerignore keeps ``path`` out of the build context (last match wins)."""
+    parts = path.strip("/").split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        pattern = line.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negated = pattern.startswith("!")
+        pattern = pattern.removeprefix("!").strip("/")
+        if any(fnmatch.fnmatchcase(c, pattern) for c in candidates):
+            excluded = not negated
+    return excluded
+
+
+def test_every_copy_source_exists_in_the_build_context() -> None:
+    stages = dockerfile_stages()
+    assert set(stages) == {"train", "serve"}
+    for stage in stages.values():
+        for sources, _ in stage.copies():
+            for source in sources:
+                # The exported model is a pipeline output (make repro), not a tracked file.
+                assert source == "models/model.onnx" or (ROOT / source).exists(), source
+                assert source == "." or not dockerignored(source), source
+    assert dockerignored(".venv")
+    assert dockerignored("models/model.pt")
+
+
+def test_train_target_runs_dvc_repro_with_the_lock() -> None:
+    stage = dockerfile_stages()["train"]
+    assert stage.args("FROM") == ["python:3.11 AS train"]
+    assert any("-r requirements.lock" in run for run in stage.args("RUN"))
+    assert json.loads(stage.args("CMD")[-1]) == ["dvc", "repro"]
+
+
+def test_serve_target_is_slim_pinned_and_unprivileged() -> None:
+    stage = serve_stage()
+    assert stage.args("FROM") == ["python:3.11-slim AS serve"]
+    lock = {
+        line.split("==")[0].lower().replace("_", "-")
+        for line in (ROOT / "requirements.lock").read_text().splitlines()
+        if "==" in line
+    }
+    (install,) = [run for run in stage.args("RUN") if "pip install" in run]
+    assert "-c requirements.lock" in install
+    packages = {"onnxruntime-gpu", "bentoml", "pillow", "numpy", "prometheus-client", "pyyaml"}
+    for package in packages:
+        assert package in install
+        assert package in lock
+    assert "torch" not in install
+    user = stage.args("USER")[-1]
+    assert user not in ("root", "0")
+    port = load_section(read_params(ROOT / "params.yaml"), "serve").port
+    assert stage.args("EXPOSE") == [str(port)]
+    (health,) = stage.args("HEALTHCHECK")
+    assert f"http://localhost:{port}/readyz" in health
+    assert "urllib" in health
+    env = stage.env()
+    workdir = stage.args("WORKDIR")[-1]
+    model_dest = next(dest for sources, dest in stage.copies() if sources == ["models/model.onnx"])
+    assert env["RANKCAL_MODEL"] == f"{workdir}/{model_dest}"
+    assert env["RANKCAL_PARAMS"] == f"{workdir}/params.yaml"
+    assert json.loads(stage.args("CMD")[-1])[:3] == ["bentoml", "serve", SERVICE]
+
+
+def test_serve_image_files_import_without_torch(tmp_path: Path) -> None:
+    """Importing the service with torch & co. blocked pulls in only files the image copies."""
+    script = (
+        "import sys, json\n"
+        "import serving.service, serving.client\n"
+        "assert 'prometheus_client' not in sys.modules, 'metrics must be made in the worker'\n"
+        "files = sorted(m.__file__ for n, m in sys.modules.items()\n"
+        "               if n.split('.')[0] in ('pipeline', 'serving') and m.__file__)\n"
+        "print(json.dumps(files))\n"
+    )
+    env = service_env(
+        ROOT / "models" / "model.onnx", ROOT / "params.yaml", [no_torch_dir(tmp_path)]
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    imported = {Path(f).resolve().relative_to(ROOT).as_posix() for f in json.loads(result.stdout)}
+    copied: set[str] = set()
+    for sources, _ in serve_stage().copies():
+        for source in sources:
+            path = ROOT / source
+            if path.is_dir():
+                copied |= {p.relative_to(ROOT).as_posix() for p in path.rglob("*.py")}
+            else:
+                copied.add(source)
+    assert imported <= copied, sorted(imported - copied)
+    assert {"serving/service.py", "pipeline/preprocessing.py"} <= imported
