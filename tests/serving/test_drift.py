@@ -1,0 +1,484 @@
+"""Drift monitoring end to end: in-distribution traffic stays quiet, OOD traffic is flagged.
+
+The issue's requirement: after a window of in-distribution images the drift score stays under
+the alert threshold; after a window of OOD images (digits, noise) it rises above it, and the OOD
+rate and the fall in estimated accuracy show it.
+
+The model is small_cnn trained on *faint* quadrant images (the lit quadrant only 40 grey levels
+above pixel noise of 0..215): unlike the conftest's high-contrast quadrants, on which the network
+is right and certain on every image (so the fitted temperature collapses to its lower bound and
+every confidence is 1.0), this task leaves it a few percent of errors, so temperature scaling
+means something and the reference histogram has a shape. The card is built as the evaluate
+stage builds it, from ONNX Runtime outputs of the exported model: temperature fitted on a
+validation set, OOD threshold at 95% TPR of the validation confidences, reference histogram,
+mean, accuracy and ECE from a test set.
+
+Three layers are checked in turn, so a failure points at the right one: the premise
+(:mod:`pipeline.drift` on offline ONNX Runtime confidences), :class:`ServiceMetrics` fed those
+confidences in-process, and the real ``bentoml serve`` scraped over HTTP. Thresholds are read
+from ``serving/prometheus/alert_rules.yml``, never repeated here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import re
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipeline.config import read_params
+from pipeline.drift import bin_counts, ks_statistic, psi
+from pipeline.model_card import INPUT_NAME, ModelCard, ReferenceConfidence
+from pipeline.preprocessing import channel_stats, match_channels, resize_images, to_model_input
+from serving.metrics import ServiceMetrics
+from tests.serving.conftest import (
+    CLASS_NAMES,
+    ROOT,
+    SIZE,
+    ExportedModel,
+    RunningService,
+    free_port,
+    png_bytes,
+    run_service,
+    service_env,
+    write_params,
+)
+
+# Deprecations inside BentoML 1.4.40 (pydantic and pathspec APIs).
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:The `__get_pydantic_core_schema__`"),
+    pytest.mark.filterwarnings("ignore:GitWildMatchPattern"),
+]
+
+ALERT_RULES = ROOT / "serving" / "prometheus" / "alert_rules.yml"
+SERVICE = "serving.service:ImageClassifier"
+CPU = "CPUExecutionProvider"
+# Faint quadrants: the lit quadrant is BOOST grey levels above uniform noise in [0, 255 - BOOST].
+BOOST = 40
+# Predictions per worker in the rolling window, and per phase below: each phase fills the window
+# exactly, so after it the window holds that phase's images and nothing else. 400 keeps the
+# sampling noise of an 18-bin PSI well under the threshold (about 0.04 typical on fresh ID data).
+WINDOW = 400
+SINGLES = 40  # of each phase's images, how many go one by one to /classify (the rest batched)
+BATCH_CHUNK = 120  # images per /classify_batch request
+SEEDS = {"train": 0, "val": 1, "test": 2, "id_traffic": 3, "noise": 7}
+
+
+def faint_quadrant_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (n, SIZE, SIZE, 1): class k has quadrant k BOOST levels brighter than the rest."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % len(CLASS_NAMES)
+    images = rng.integers(0, 256 - BOOST, size=(n, SIZE, SIZE, 1), dtype=np.uint8)
+    half = SIZE // 2
+    for k in range(len(CLASS_NAMES)):
+        r, c = divmod(k, 2)
+        images[labels == k, r * half : (r + 1) * half, c * half : (c + 1) * half] += BOOST
+    return images, labels
+
+
+@functools.cache
+def digit_images() -> np.ndarray:
+    """The first WINDOW of scikit-learn's 8x8 digits (bundled, offline), as uint8 (n, 8, 8, 1)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits().images[:WINDOW]  # 0..16
+    return np.rint(digits * (255 / 16)).astype(np.uint8)[..., None]
+
+
+def noise_images() -> np.ndarray:
+    """Uniform noise over the full grey range, at the model's size: no quadrant stands out."""
+    rng = np.random.default_rng(SEEDS["noise"])
+    return rng.integers(0, 256, size=(WINDOW, SIZE, SIZE, 1), dtype=np.uint8)
+
+
+def ort_probabilities(path: Path, card: ModelCard, images: np.ndarray) -> np.ndarray:
+    """Calibrated probabilities from ONNX Runtime, with the service's preprocessing."""
+    height, width, channels = card.image_shape
+    fitted = match_channels(resize_images(images, (height, width)), channels)
+    session = ort.InferenceSession(str(path), providers=[CPU])
+    x = to_model_input(fitted, card.mean, card.std)
+    return session.run(["probabilities"], {INPUT_NAME: x})[0]
+
+
+# --- the model and its card --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def calibrated_model(tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
+    """small_cnn on faint quadrants, exported with a card measured as the evaluate stage does."""
+    import torch
+
+    from pipeline.calibration import fit_temperature
+    from pipeline.export import export_onnx
+    from pipeline.metrics.calibration import expected_calibration_error
+    from pipeline.metrics.ood import threshold_at_tpr
+    from pipeline.models import build_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model on a busy machine: more threads only contend
+    try:
+        torch.manual_seed(0)
+        images, labels = faint_quadrant_images(512, SEEDS["train"])
+        mean, std = channel_stats(images)
+        x = torch.from_numpy(to_model_input(images, mean, std))
+        y = torch.from_numpy(labels)
+        model = build_model("small_cnn", num_classes=len(CLASS_NAMES), in_channels=1)
+        optimiser = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        model.train()
+        for _ in range(2):
+            for start in range(0, len(x), 32):
+                loss = torch.nn.functional.cross_entropy(
+                    model(x[start : start + 32]), y[start : start + 32]
+                )
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+        model.eval()
+        val_images, val_labels = faint_quadrant_images(1000, SEEDS["val"])
+        with torch.no_grad():
+            val_logits = model(torch.from_numpy(to_model_input(val_images, mean, std))).numpy()
+        temperature = fit_temperature(val_logits, val_labels).temperature
+
+        edges = read_params(ROOT / "params.yaml")["evaluate"]["reference_edges"]
+        placeholder = ModelCard(
+            dataset="faint_quadrants",
+            class_names=CLASS_NAMES,
+            image_shape=[SIZE, SIZE, 1],
+            mean=mean,
+            std=std,
+            temperature=temperature,
+            ood_threshold=0.5,
+            ood_tpr=0.95,
+            reference_confidence=ReferenceConfidence(
+                bin_edges=edges, counts=[1] * (len(edges) - 1), mean=0.5
+            ),
+            test_accuracy=50.0,
+            test_ece=0.0,
+            model_version="drift-draft",
+        )
+        folder = tmp_path_factory.mktemp("calibrated_model")
+        draft = folder / "draft.onnx"
+        export_onnx(model, placeholder, draft)
+
+        # What the evaluate stage measures, here on the exported graph itself.
+        val_conf = ort_probabilities(draft, placeholder, val_images).max(axis=1)
+        test_images, test_labels = faint_quadrant_images(2000, SEEDS["test"])
+        test_probs = ort_probabilities(draft, placeholder, test_images)
+        test_conf = test_probs.max(axis=1).astype(np.float64)
+        card = dataclasses.replace(
+            placeholder,
+            ood_threshold=threshold_at_tpr(val_conf, 0.95),
+            reference_confidence=ReferenceConfidence(
+                bin_edges=edges,
+                counts=bin_counts(test_conf, edges).tolist(),
+                mean=float(test_conf.mean()),
+            ),
+            test_accuracy=100.0 * float(np.mean(test_probs.argmax(axis=1) == test_labels)),
+            test_ece=100.0 * expected_calibration_error(test_probs, test_labels),
+            model_version="drift-0001",
+        )
+        path = folder / "model.onnx"
+        export_onnx(model, card, path)
+    finally:
+        torch.set_num_threads(threads)
+    return ExportedModel(path, card)
+
+
+# --- thresholds and expected numbers ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The numbers in alert_rules.yml's expressions."""
+
+    psi: float  # RankcalConfidenceDrift: rankcal:psi:5m > psi
+    ks: float  # RankcalConfidenceKSDrift: rankcal:ks:5m > ks
+    accuracy_drop: float  # RankcalEstimatedAccuracyDrop: estimate < evaluation - accuracy_drop
+    ood_ratio: float  # RankcalHighOODRate: rankcal:ood_ratio:rate5m > ood_ratio
+
+
+@functools.cache
+def thresholds() -> Thresholds:
+    with ALERT_RULES.open() as fh:
+        alerts = {
+            rule["alert"]: rule["expr"]
+            for group in yaml.safe_load(fh)["groups"]
+            for rule in group["rules"]
+            if "alert" in rule
+        }
+
+    def number(alert: str, pattern: str) -> float:
+        match = re.search(pattern, alerts[alert])
+        assert match, f"{alert}: no {pattern!r} in {alerts[alert]!r}"
+        return float(match.group(1))
+
+    value = r"([0-9]*\.?[0-9]+)"
+    return Thresholds(
+        psi=number("RankcalConfidenceDrift", rf"rankcal:psi:5m\s*>\s*{value}"),
+        ks=number("RankcalConfidenceKSDrift", rf"rankcal:ks:5m\s*>\s*{value}"),
+        accuracy_drop=number(
+            "RankcalEstimatedAccuracyDrop",
+            rf"rankcal_model_evaluation_accuracy_ratio\)\s*-\s*{value}\s*\)",
+        ),
+        ood_ratio=number("RankcalHighOODRate", rf"rankcal:ood_ratio:rate5m\s*>\s*{value}"),
+    )
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One window of traffic and what the model makes of it, offline."""
+
+    name: str
+    images: np.ndarray  # uint8 (WINDOW, H, W, 1), at the size they are sent
+    confidence: np.ndarray
+    predicted: np.ndarray
+    is_ood: np.ndarray
+
+    @property
+    def ood_count(self) -> int:
+        return int(np.count_nonzero(self.is_ood))
+
+    def drift(self, card: ModelCard) -> tuple[float, float, float]:
+        """PSI, KS and mean confidence (estimated accuracy) of this window, by pipeline.drift."""
+        ref = card.reference_confidence
+        counts = bin_counts(self.confidence, ref.bin_edges)
+        return (
+            psi(counts, ref.counts),
+            ks_statistic(counts, ref.counts),
+            float(self.confidence.mean()),
+        )
+
+
+def phases(model: ExportedModel) -> list[Phase]:
+    """In-distribution, then digits, then noise: WINDOW images each, scored by ONNX Runtime."""
+    id_images, _ = faint_quadrant_images(WINDOW, SEEDS["id_traffic"])
+    out = []
+    for name, images in (
+        ("in_distribution", id_images),
+        ("digits", digit_images()),
+        ("noise", noise_images()),
+    ):
+        probs = ort_probabilities(model.path, model.card, images)
+        conf = probs.max(axis=1).astype(np.float64)
+        out.append(Phase(name, images, conf, probs.argmax(axis=1), conf < model.card.ood_threshold))
+    return out
+
+
+def check_in_distribution(card: ModelCard, psi_: float, ks: float, estimate: float) -> None:
+    limits = thresholds()
+    assert psi_ < limits.psi, f"PSI {psi_:.3f} of in-distribution traffic >= {limits.psi}"
+    assert ks < limits.ks, f"KS {ks:.3f} of in-distribution traffic >= {limits.ks}"
+    assert estimate == pytest.approx(card.reference_confidence.mean, abs=0.02)
+    assert estimate > card.test_accuracy / 100 - limits.accuracy_drop  # no accuracy alert
+
+
+def check_ood(
+    name: str, card: ModelCard, psi_: float, ks: float, estimate: float, id_estimate: float
+) -> None:
+    limits = thresholds()
+    assert psi_ > limits.psi, f"{name}: PSI {psi_:.3f} <= {limits.psi}"
+    assert ks > limits.ks, f"{name}: KS {ks:.3f} <= {limits.ks}"
+    # The fall is larger than the accuracy alert's margin, from ID traffic and from evaluation.
+    assert estimate < id_estimate - limits.accuracy_drop, f"{name}: estimate {estimate:.3f}"
+    assert estimate < card.test_accuracy / 100 - limits.accuracy_drop
+
+
+# --- layer 1: the premise, offline --------------------------------------------------------------
+
+
+def test_card_is_measured_and_ood_inputs_drift_offline(calibrated_model: ExportedModel) -> None:
+    """The model and the chosen OOD inputs give genuine drift, by pipeline.drift alone."""
+    card = calibrated_model.card
+    assert card.test_accuracy > 90  # a usable model, not a certain one
+    assert 0.9 < card.reference_confidence.mean < 1
+    assert sum(card.reference_confidence.counts) == 2000
+    assert 0.5 < card.ood_threshold < 1
+    id_phase, *ood_phases = phases(calibrated_model)
+    id_psi, id_ks, id_estimate = id_phase.drift(card)
+    check_in_distribution(card, id_psi, id_ks, id_estimate)
+    assert id_phase.ood_count / WINDOW < thresholds().ood_ratio  # about 1 - TPR = 5%
+    for phase in ood_phases:
+        check_ood(phase.name, card, *phase.drift(card), id_estimate)
+        assert phase.ood_count / WINDOW > thresholds().ood_ratio, phase.name
+
+
+# --- layer 2: ServiceMetrics in-process ---------------------------------------------------------
+
+
+def test_service_metrics_window_flags_ood_traffic(calibrated_model: ExportedModel) -> None:
+    card = calibrated_model.card
+    registry = CollectorRegistry()
+    metrics = ServiceMetrics(card, window=WINDOW, provider=CPU, registry=registry)
+
+    def value(name: str) -> float:
+        sample = registry.get_sample_value(name)
+        assert sample is not None, name
+        return sample
+
+    id_estimate = float("nan")
+    for phase in phases(calibrated_model):
+        ood_before = value("rankcal_ood_predictions_total")
+        for start in range(0, WINDOW, 64):  # as the service records them: per model batch
+            part = slice(start, start + 64)
+            metrics.record_predictions(
+                phase.confidence[part], phase.predicted[part], phase.is_ood[part]
+            )
+        stats = metrics.window_stats()
+        expected_psi, expected_ks, expected_mean = phase.drift(card)
+        assert stats["size"] == WINDOW
+        assert stats["psi"] == pytest.approx(expected_psi, rel=1e-9, abs=1e-12)
+        assert stats["ks"] == pytest.approx(expected_ks, rel=1e-9, abs=1e-12)
+        assert stats["estimated_accuracy"] == pytest.approx(expected_mean, rel=1e-9)
+        # The exported gauges carry the same numbers.
+        assert value("rankcal_window_psi") == stats["psi"]
+        assert value("rankcal_window_ks") == stats["ks"]
+        assert value("rankcal_window_estimated_accuracy_ratio") == stats["estimated_accuracy"]
+        assert value("rankcal_ood_predictions_total") - ood_before == phase.ood_count
+        if phase.name == "in_distribution":
+            check_in_distribution(card, stats["psi"], stats["ks"], stats["estimated_accuracy"])
+            id_estimate = stats["estimated_accuracy"]
+        else:
+            check_ood(
+                phase.name,
+                card,
+                stats["psi"],
+                stats["ks"],
+                stats["estimated_accuracy"],
+                id_estimate,
+            )
+    assert value("rankcal_confidence_count") == 3 * WINDOW
+
+
+# --- layer 3: the real service over HTTP --------------------------------------------------------
+
+
+@dataclass
+class Scrape:
+    """One /metrics scrape; values summed over samples whose labels match."""
+
+    samples: list[tuple[str, dict[str, str], float]]
+
+    @classmethod
+    def of(cls, url: str) -> Scrape:
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+        return cls(
+            [
+                (s.name, s.labels, s.value)
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+            ]
+        )
+
+    def get(self, name: str, **labels: str) -> float:
+        matching = [v for n, lab, v in self.samples if n == name and labels.items() <= lab.items()]
+        assert matching, f"no {name} {labels} in /metrics"
+        return float(sum(matching))
+
+
+def send_phase(url: str, phase: Phase) -> None:
+    """Send a phase's images: the first SINGLES one by one (concurrently), the rest batched.
+
+    The single images go as PNG files at their own size (the service resizes them, e.g. 8x8
+    digits); the batch endpoint takes images already at the model's size, so those are resized
+    here with the same function the service uses.
+    """
+    singles, rest = phase.images[:SINGLES], phase.images[SINGLES:]
+    rest = resize_images(rest, (SIZE, SIZE))
+
+    async def send_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            one_by_one = [
+                client.post(
+                    "/classify", content=png_bytes(im), headers={"Content-Type": "image/png"}
+                )
+                for im in singles
+            ]
+            batches = [
+                client.post(
+                    "/classify_batch",
+                    json={"images": rest[start : start + BATCH_CHUNK][..., 0].tolist()},
+                )
+                for start in range(0, len(rest), BATCH_CHUNK)
+            ]
+            return await asyncio.gather(*one_by_one, *batches)
+
+    responses = asyncio.run(send_all())
+    for response in responses:
+        assert response.status_code == 200, response.text
+    served = [r.json() for r in responses[:SINGLES]] + [
+        p for r in responses[SINGLES:] for p in r.json()["predictions"]
+    ]
+    # Each answer agrees with ONNX Runtime offline (so the counters below can be exact).
+    assert [p["class_index"] for p in served] == phase.predicted.tolist()
+    assert [p["is_ood"] for p in served] == phase.is_ood.tolist()
+    assert [p["confidence"] for p in served] == pytest.approx(phase.confidence.tolist(), rel=1e-5)
+
+
+@pytest.fixture
+def drift_service(calibrated_model: ExportedModel, tmp_path: Path) -> Iterator[RunningService]:
+    """One worker, window WINDOW; a generous latency budget so a busy machine gets no 503s."""
+    port = free_port()
+    params = write_params(
+        tmp_path / "params.yaml", port=port, workers=1, window=WINDOW, max_latency_ms=10_000
+    )
+    env = service_env(calibrated_model.path, params)
+    argv = [str(Path(sys.executable).parent / "bentoml"), "serve", SERVICE]
+    with run_service(argv, env, port, tmp_path / "service.log") as running:
+        yield running
+
+
+def test_service_drift_gauges_and_ood_counter_over_http(
+    drift_service: RunningService, calibrated_model: ExportedModel
+) -> None:
+    card, url = calibrated_model.card, drift_service.url
+    start = Scrape.of(url)
+    assert start.get("rankcal_window_capacity") == WINDOW
+    assert start.get("rankcal_window_size") == 0
+    id_estimate = float("nan")
+    for phase in phases(calibrated_model):
+        before = Scrape.of(url)
+        send_phase(url, phase)
+        after = Scrape.of(url)
+        served_psi = after.get("rankcal_window_psi")
+        served_ks = after.get("rankcal_window_ks")
+        estimate = after.get("rankcal_window_estimated_accuracy_ratio")
+        expected_psi, expected_ks, expected_mean = phase.drift(card)
+        # The window holds exactly this phase: it scores what pipeline.drift scores offline.
+        assert after.get("rankcal_window_size") == WINDOW
+        assert served_psi == pytest.approx(expected_psi, rel=1e-6, abs=1e-9)
+        assert served_ks == pytest.approx(expected_ks, rel=1e-6, abs=1e-9)
+        assert estimate == pytest.approx(expected_mean, rel=1e-6)
+        assert after.get("rankcal_window_mean_confidence") == estimate
+        ood = after.get("rankcal_ood_predictions_total") - before.get(
+            "rankcal_ood_predictions_total"
+        )
+        assert ood == phase.ood_count
+        for k, name in enumerate(CLASS_NAMES):
+            served = after.get("rankcal_predictions_total", class_name=name) - before.get(
+                "rankcal_predictions_total", class_name=name
+            )
+            assert served == np.count_nonzero(phase.predicted == k), (phase.name, name)
+        if phase.name == "in_distribution":
+            check_in_distribution(card, served_psi, served_ks, estimate)
+            assert ood / WINDOW < thresholds().ood_ratio
+            id_estimate = estimate
+        else:
+            check_ood(phase.name, card, served_psi, served_ks, estimate, id_estimate)
+            assert ood / WINDOW > thresholds().ood_ratio, phase.name
+    final = Scrape.of(url)
+    assert final.get("rankcal_confidence_count") == 3 * WINDOW
+    assert final.get("rankcal_reference_mean_confidence") == pytest.approx(
+        card.reference_confidence.mean
+    )

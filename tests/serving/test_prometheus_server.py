@@ -1,0 +1,263 @@
+"""A real Prometheus server scrapes the real service and evaluates the shipped rules.
+
+Debian's ``prometheus`` (2.42) scrapes a two-worker ``bentoml serve`` every second with
+``serving/prometheus/recording_rules.yml`` and ``alert_rules.yml`` loaded; the test sends known
+traffic and reads the results back through Prometheus' HTTP API. Skipped where the binary is
+missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+import yaml
+
+from pipeline.model_card import INPUT_NAME
+from pipeline.preprocessing import to_model_input
+from tests.serving.conftest import (
+    ROOT,
+    ExportedModel,
+    free_port,
+    png_bytes,
+    quadrant_images,
+    run_service,
+    service_env,
+    write_params,
+)
+
+PROMETHEUS = Path("/usr/bin/prometheus")
+RULE_FILES = [
+    ROOT / "serving" / "prometheus" / f for f in ("recording_rules.yml", "alert_rules.yml")
+]
+SERVICE = "serving.service:ImageClassifier"
+JOB = "rankcal"
+WAIT_S = 20.0  # longest wait for any one Prometheus condition
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not PROMETHEUS.exists(), reason=f"{PROMETHEUS} is missing (Debian's prometheus package)"
+    ),
+    # Deprecations inside BentoML 1.4.40 (pydantic and pathspec APIs).
+    pytest.mark.filterwarnings("ignore:The `__get_pydantic_core_schema__`"),
+    pytest.mark.filterwarnings("ignore:GitWildMatchPattern"),
+]
+
+T = TypeVar("T")
+
+
+def rule_names(kind: str) -> set[str]:
+    """Names of the ``record`` or ``alert`` rules in the shipped rule files."""
+    names = set()
+    for path in RULE_FILES:
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            names |= {rule[kind] for rule in group["rules"] if kind in rule}
+    return names
+
+
+def prometheus_config(tmp: Path, target_port: int) -> Path:
+    config = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(path) for path in RULE_FILES],
+        "scrape_configs": [
+            {
+                "job_name": JOB,
+                "metrics_path": "/metrics",
+                "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}],
+            }
+        ],
+    }
+    path = tmp / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@contextlib.contextmanager
+def run_prometheus(config: Path, tmp: Path) -> Iterator[str]:
+    """Start Prometheus in its own process group; yield its base URL; always kill the group."""
+    port = free_port()
+    log = tmp / "prometheus.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [
+                str(PROMETHEUS),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=warn",
+            ],
+            cwd=tmp,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                pytest.fail(f"prometheus exited with {process.returncode}:\n{log.read_text()}")
+            with contextlib.suppress(httpx.HTTPError):
+                return httpx.get(f"{url}/-/ready", timeout=2).status_code == 200
+            return False
+
+        wait_for(ready, "prometheus ready", log)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def wait_for(check: Callable[[], T], what: str, log: Path | None = None) -> T:
+    """Poll ``check`` until it returns something truthy; fail after WAIT_S."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            detail = f"\n{log.read_text(errors='replace')}" if log is not None else ""
+            pytest.fail(f"timed out after {WAIT_S} s waiting for {what}{detail}")
+        time.sleep(0.25)
+
+
+def query(url: str, promql: str) -> list[dict[str, Any]]:
+    """An instant query's vector result (label sets and values)."""
+    response = httpx.get(f"{url}/api/v1/query", params={"query": promql}, timeout=5)
+    response.raise_for_status()
+    body = response.json()
+    assert body["status"] == "success", body
+    assert body["data"]["resultType"] == "vector", body
+    return body["data"]["result"]
+
+
+def scalar(url: str, promql: str) -> float | None:
+    """The value of a query answering one sample; None while it answers none."""
+    result = query(url, promql)
+    if not result:
+        return None
+    assert len(result) == 1, result
+    return float(result[0]["value"][1])
+
+
+def offline_confidence(model: ExportedModel, images: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"])
+    x = to_model_input(images, model.card.mean, model.card.std)
+    return session.run(["probabilities"], {INPUT_NAME: x})[0].max(axis=1).astype(np.float64)
+
+
+def send_traffic(url: str, images: np.ndarray, singles: int) -> None:
+    """``singles`` images one by one to /classify (concurrently), the rest in one batch."""
+
+    async def send_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            requests = [
+                client.post(
+                    "/classify", content=png_bytes(im), headers={"Content-Type": "image/png"}
+                )
+                for im in images[:singles]
+            ]
+            requests.append(
+                client.post("/classify_batch", json={"images": images[singles:, ..., 0].tolist()})
+            )
+            return await asyncio.gather(*requests)
+
+    for response in asyncio.run(send_all()):
+        assert response.status_code == 200, response.text
+
+
+def test_prometheus_scrapes_the_service_and_evaluates_the_rules(
+    exported_model: ExportedModel, tmp_path: Path
+) -> None:
+    port = free_port()
+    params = write_params(tmp_path / "params.yaml", port=port, workers=2, max_latency_ms=10_000)
+    env = service_env(exported_model.path, params)
+    argv = [str(Path(sys.executable).parent / "bentoml"), "serve", SERVICE]
+    config = prometheus_config(tmp_path, port)
+    images, _ = quadrant_images(30, seed=31)
+    confidence = offline_confidence(exported_model, images)
+    ood = int(np.count_nonzero(confidence < exported_model.card.ood_threshold))
+    sent = len(images)
+
+    # Prometheus first: it starts in about a second and scrapes the service as soon as it is up.
+    with (
+        run_prometheus(config, tmp_path) as prom,
+        run_service(argv, env, port, tmp_path / "service.log") as service,
+    ):
+        prom_log = tmp_path / "prometheus.log"
+        # A successful scrape before any traffic: the counters' first samples are 0, so rate()
+        # and increase() see the traffic as an increase rather than a constant.
+        wait_for(lambda: scalar(prom, f'up{{job="{JOB}"}}') == 1, "up == 1", prom_log)
+        wait_for(
+            lambda: scalar(prom, "sum(rankcal_predictions_total)") == 0,
+            "a scrape of the idle service",
+            prom_log,
+        )
+        send_traffic(service.url, images, singles=20)
+
+        wait_for(
+            lambda: scalar(prom, "sum(rankcal_predictions_total)") == sent,
+            f"sum(rankcal_predictions_total) == {sent}",
+            prom_log,
+        )
+        assert scalar(prom, "sum(rankcal_confidence_count)") == sent
+        assert scalar(prom, "sum(rankcal_ood_predictions_total)") == ood
+        assert scalar(prom, "sum(rankcal_confidence_sum)") == pytest.approx(
+            float(confidence.sum()), rel=1e-6
+        )
+        # Both workers answer one scrape (BentoML's multiprocess collection): two pids.
+        pids = {s["metric"]["pid"] for s in query(prom, "rankcal_window_size")}
+        assert len(pids) == 2, pids
+        assert scalar(prom, "sum(rankcal_window_size)") == sent
+
+        # The rules are loaded from the shipped files and evaluate without error.
+        def rules_ok() -> dict[str, dict[str, Any]] | None:
+            response = httpx.get(f"{prom}/api/v1/rules", timeout=5).json()
+            rules = {
+                rule["name"]: rule
+                for group in response["data"]["groups"]
+                for rule in group["rules"]
+            }
+            healthy = all(rule["health"] == "ok" for rule in rules.values())
+            return rules if rules and healthy else None
+
+        rules = wait_for(rules_ok, 'every rule with health "ok"', prom_log)
+        recording = {name for name, rule in rules.items() if rule["type"] == "recording"}
+        alerting = {name for name, rule in rules.items() if rule["type"] == "alerting"}
+        assert recording == rule_names("record")
+        assert alerting == rule_names("alert")
+        assert not any(rule.get("lastError") for rule in rules.values())
+
+        # rate() over two scrapes, 0 then `sent`: the recorded estimate is the mean confidence.
+        estimate = wait_for(
+            lambda: scalar(prom, f'rankcal:estimated_accuracy:rate5m{{job="{JOB}"}}'),
+            "rankcal:estimated_accuracy:rate5m",
+            prom_log,
+        )
+        assert 0 < estimate <= 1
+        assert estimate == pytest.approx(float(confidence.mean()), rel=1e-6)
+        ood_ratio = scalar(prom, f'rankcal:ood_ratio:rate5m{{job="{JOB}"}}')
+        assert ood_ratio is not None and ood_ratio == pytest.approx(ood / sent, abs=1e-9)
+        increase = scalar(prom, f'rankcal:predictions:increase5m{{job="{JOB}"}}')
+        assert increase is not None and math.isfinite(increase) and increase > 0
+        # Nothing fires: every alert waits 10 minutes.
+        assert query(prom, 'ALERTS{alertstate="firing"}') == []
