@@ -52,6 +52,32 @@ def png_bytes(image: np.ndarray, mode: str | None = None, fmt: str = "PNG") -> b
     return buffer.getvalue()
 
 
+def train_toy_model(
+    images: np.ndarray, labels: np.ndarray, mean: Sequence[float], std: Sequence[float]
+) -> Any:
+    """small_cnn after two epochs of SGD (batch 32, seed 0) on uint8 ``images``; eval mode."""
+    import torch
+
+    from pipeline.models import build_model
+    from pipeline.preprocessing import to_model_input
+
+    torch.manual_seed(0)
+    x = torch.from_numpy(to_model_input(images, mean, std))
+    y = torch.from_numpy(labels)
+    model = build_model("small_cnn", num_classes=len(CLASS_NAMES), in_channels=1)
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for _ in range(2):
+        for start in range(0, len(x), 32):
+            loss = torch.nn.functional.cross_entropy(
+                model(x[start : start + 32]), y[start : start + 32]
+            )
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    return model.eval()
+
+
 @dataclass(frozen=True)
 class ExportedModel:
     """An exported model file and the card inside it."""
@@ -66,26 +92,11 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
     import torch
 
     from pipeline.export import export_onnx
-    from pipeline.models import build_model
-    from pipeline.preprocessing import to_model_input
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a few tiny steps: more threads only contend on a busy machine
-    torch.manual_seed(0)
     images, labels = quadrant_images(256)
-    x = torch.from_numpy(to_model_input(images, [0.3], [0.3]))
-    y = torch.from_numpy(labels)
-    model = build_model("small_cnn", num_classes=len(CLASS_NAMES), in_channels=1)
-    optimiser = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    model.train()
-    for _ in range(2):
-        for start in range(0, len(x), 32):
-            loss = torch.nn.functional.cross_entropy(
-                model(x[start : start + 32]), y[start : start + 32]
-            )
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
+    model = train_toy_model(images, labels, [0.3], [0.3])
     edges = read_params(ROOT / "params.yaml")["evaluate"]["reference_edges"]
     card = ModelCard(
         dataset="quadrants",

@@ -53,6 +53,7 @@ from tests.serving.conftest import (
     png_bytes,
     run_service,
     service_env,
+    train_toy_model,
     write_params,
 )
 
@@ -124,28 +125,13 @@ def calibrated_model(tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
     from pipeline.export import export_onnx
     from pipeline.metrics.calibration import expected_calibration_error
     from pipeline.metrics.ood import threshold_at_tpr
-    from pipeline.models import build_model
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model on a busy machine: more threads only contend
     try:
-        torch.manual_seed(0)
         images, labels = faint_quadrant_images(512, SEEDS["train"])
         mean, std = channel_stats(images)
-        x = torch.from_numpy(to_model_input(images, mean, std))
-        y = torch.from_numpy(labels)
-        model = build_model("small_cnn", num_classes=len(CLASS_NAMES), in_channels=1)
-        optimiser = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        model.train()
-        for _ in range(2):
-            for start in range(0, len(x), 32):
-                loss = torch.nn.functional.cross_entropy(
-                    model(x[start : start + 32]), y[start : start + 32]
-                )
-                optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
-        model.eval()
+        model = train_toy_model(images, labels, mean, std)
         val_images, val_labels = faint_quadrant_images(1000, SEEDS["val"])
         with torch.no_grad():
             val_logits = model(torch.from_numpy(to_model_input(val_images, mean, std))).numpy()
