@@ -1,0 +1,203 @@
+"""bench/serve.py in miniature: its statistics, the engine comparison, the servers and the load.
+
+Durations are tiny and nothing here looks at a speed: the numbers only have to be sane.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+from bench import serve
+from pipeline.checkpoint import save_checkpoint
+from pipeline.export import export_onnx
+from pipeline.models import build_model
+from pipeline.preprocessing import to_model_input
+from tests.serving import conftest as serving
+from tests.serving.conftest import ROOT, SIZE, ExportedModel, png_bytes, quadrant_images
+
+# The serving tests' trained, exported toy model (session-scoped, built once for this module).
+exported_model = serving.exported_model
+
+
+@dataclass(frozen=True)
+class ModelPair:
+    """An untrained toy model as a checkpoint and as the ONNX export of the same weights."""
+
+    onnx: Path
+    checkpoint: Path
+
+
+@pytest.fixture(scope="module")
+def model_pair(
+    exported_model: ExportedModel, tmp_path_factory: pytest.TempPathFactory
+) -> ModelPair:
+    """small_cnn with seeded random weights, saved and exported with the toy model's card."""
+    torch.manual_seed(1)
+    card = exported_model.card
+    net = build_model("small_cnn", num_classes=card.num_classes, in_channels=1).eval()
+    folder = tmp_path_factory.mktemp("pair")
+    meta = {"arch": "small_cnn", "num_classes": card.num_classes, "image_shape": [SIZE, SIZE, 1]}
+    save_checkpoint(folder / "model.pt", net, meta=meta, epoch=0)
+    export_onnx(net, card, folder / "model.onnx")
+    return ModelPair(folder / "model.onnx", folder / "model.pt")
+
+
+def test_percentile_matches_hand_computed_values() -> None:
+    values = [4.0, 1.0, 3.0, 2.0]  # sorted: 1 2 3 4, positions 0..3
+    assert serve.percentile(values, 0) == 1.0
+    assert serve.percentile(values, 50) == 2.5  # position 1.5
+    assert serve.percentile(values, 99) == pytest.approx(3.97)  # position 2.97
+    assert serve.percentile(values, 100) == 4.0
+    assert serve.percentile([7.0], 99) == 7.0
+    assert np.isnan(serve.percentile([], 50))
+    assert serve.percentile(values, 90) == pytest.approx(np.percentile(values, 90))
+    with pytest.raises(ValueError, match="got 101"):
+        serve.percentile(values, 101)
+
+
+def test_engines_compute_the_same_and_give_positive_rates(model_pair: ModelPair) -> None:
+    session, net, card = serve.load_engines(model_pair.onnx, model_pair.checkpoint, "cpu")
+    images, _ = quadrant_images(8)
+    x = to_model_input(images, card.mean, card.std)
+    rates = serve.compare_engines(session, net, x, seconds=0.1, rounds=2, batch_sizes=(1, 8))
+    assert [r.batch for r in rates] == [1, 8]
+    for rate in rates:
+        assert rate.ort_ips > 0 and rate.torch_ips > 0
+        assert rate.ratio == rate.ort_ips / rate.torch_ips
+        assert rate.max_abs_diff < 1e-5  # same weights, same temperature: same probabilities
+
+
+def test_load_images_falls_back_to_synthetic_at_the_model_shape(tmp_path: Path) -> None:
+    images, source = serve.load_images(tmp_path / "absent", (SIZE, SIZE, 1), 5)
+    assert images.shape == (5, SIZE, SIZE, 1) and images.dtype == np.uint8
+    assert source.startswith("synthetic")
+
+
+def test_checks_pass_and_fail_on_the_targets() -> None:
+    def result(server: str, endpoint: str, images: int, p50: float, p99: float) -> serve.LoadResult:
+        return serve.LoadResult(server, endpoint, 8, images, 0, images, 1.0, p50, p99)
+
+    results = [
+        result(serve.ON, "/classify", 90, 10, 20),  # 90% of the floor, tail 2x
+        result(serve.OFF, "/classify", 70, 10, 40),  # 70% of the floor, tail 4x
+        result(serve.ON, "/classify_batch", 1000, 50, 60),  # 11x ON, 14x OFF
+        result(serve.MINIMAL, "/classify", 100, 5, 6),
+    ]
+    verdicts = {c.target: c.passed for c in serve.http_checks(results, [8])}
+    assert verdicts == {
+        "service, batching on: /classify ≥ 80% of minimal's img/s, 8 clients": True,
+        "service, batching off: /classify ≥ 80% of minimal's img/s, 8 clients": False,
+        "service, batching on: /classify p99 ≤ 3 × p50, 8 clients": True,
+        "service, batching off: /classify p99 ≤ 3 × p50, 8 clients": False,
+        "/classify_batch img/s ≥ 10 × /classify (service, batching on), 8 clients": True,
+        "/classify_batch img/s ≥ 10 × /classify (service, batching off), 8 clients": True,
+    }
+    rates = [serve.EngineRate(1, 300.0, 100.0, 0.0), serve.EngineRate(64, 200.0, 100.0, 0.0)]
+    assert [c.passed for c in serve.engine_checks(rates)] == [True, False]
+
+
+@pytest.fixture(scope="module")
+def minimal_server(
+    exported_model: ExportedModel, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[serve.Server]:
+    """bench/minimal_service.py on the toy model, one worker, started and stopped by bench."""
+    folder = tmp_path_factory.mktemp("minimal")
+    port = serving.free_port()
+    params = serve.write_params(ROOT / "params.yaml", folder / "params.yaml", port=port, workers=1)
+    server = serve.start_server("minimal", serve.FLOOR, exported_model.path, params, port)
+    try:
+        serve.wait_ready(server, timeout=serving.READY_TIMEOUT_S)
+        workers = psutil.Process(server.process.pid).children(recursive=True)
+        yield server
+    finally:
+        server.stop()
+    assert server.process.poll() is not None
+    assert workers and not any(w.is_running() and w.status() != "zombie" for w in workers)
+
+
+@pytest.mark.slow
+def test_load_generator_against_the_minimal_service(minimal_server: serve.Server) -> None:
+    images, _ = quadrant_images(16, seed=3)
+    pngs = [png_bytes(image) for image in images]
+    case = serve.Case("minimal", "/classify", minimal_server.url, pngs, serve.PNG)
+    serve.probe(case)
+    tally = serve.run_load(case, clients=4, seconds=1.0, warmup_s=0.2)
+    result = serve.LoadResult.of(case, 4, tally)
+    assert result.errors == 0
+    assert result.requests > 4 and result.images == result.requests
+    assert 0 < result.p50_ms <= result.p99_ms
+    assert result.rps == pytest.approx(result.requests / 1.0)
+
+
+@pytest.mark.slow
+def test_measure_http_alternates_cases_and_counts_images(minimal_server: serve.Server) -> None:
+    images, _ = quadrant_images(4, seed=4)
+    pngs = [png_bytes(image) for image in images]
+    cases = [
+        serve.Case("minimal", "/echo", minimal_server.url, pngs, serve.PNG),
+        serve.Case("minimal", "/classify", minimal_server.url, pngs, serve.PNG, 2),
+    ]
+    results = serve.measure_http(cases, clients=[1, 2], seconds=0.4, rounds=2)
+    assert [(r.endpoint, r.clients) for r in results] == [
+        ("/echo", 1),
+        ("/classify", 1),
+        ("/echo", 2),
+        ("/classify", 2),
+    ]
+    for r in results:
+        assert r.errors == 0 and r.requests > 0 and r.seconds == pytest.approx(0.4)
+        assert r.p50_ms <= r.p99_ms
+    assert results[1].images == 2 * results[1].requests
+
+
+def test_main_without_http_prints_the_report_and_writes_json(
+    model_pair: ModelPair, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--model", str(model_pair.onnx), "--checkpoint", str(model_pair.checkpoint)]
+    argv += ["--data", str(tmp_path), "--seconds", "0.1", "--rounds", "1", "--skip-http"]
+    assert serve.main([*argv, "--out", str(out)]) == 0
+    report = capsys.readouterr().out
+    assert "### ONNX Runtime vs PyTorch eager" in report
+    assert "ORT ≥ 2.5× torch eager, batch 64" in report
+    assert "### HTTP" not in report
+    data = json.loads(out.read_text())
+    assert [row["batch"] for row in data["engines"]] == [1, 64]
+    assert all(row["ratio"] > 0 for row in data["engines"])
+    assert data["http"] == [] and data["settings"]["images"].startswith("synthetic")
+
+
+@pytest.mark.slow
+def test_main_measures_all_three_servers(
+    model_pair: ModelPair, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A generous latency budget: a busy machine must not turn adaptive batching into 503s.
+    params = serve.write_params(
+        ROOT / "params.yaml", tmp_path / "params.yaml", max_latency_ms=10_000
+    )
+    out = tmp_path / "bench.json"
+    argv = ["--model", str(model_pair.onnx), "--checkpoint", str(model_pair.checkpoint)]
+    argv += ["--params", str(params), "--data", str(tmp_path), "--images", "128"]
+    argv += ["--seconds", "0.3", "--rounds", "1", "--clients", "8", "--out", str(out)]
+    assert serve.main(argv) == 0
+    report = capsys.readouterr().out
+    assert "### HTTP service vs minimal BentoML service" in report
+    data = json.loads(out.read_text())
+    rows = {(r["server"], r["endpoint"], r["clients"]): r for r in data["http"]}
+    assert len(rows) == 5
+    for row in rows.values():
+        assert row["errors"] == 0 and row["requests"] > 0
+        assert row["p50_ms"] <= row["p99_ms"]
+    batch = rows[(serve.ON, "/classify_batch", 8)]
+    assert batch["images"] == serve.BATCH_IMAGES * batch["requests"]
+    assert data["settings"]["server_provider"].endswith("ExecutionProvider")
+    judged = [c for c in data["checks"] if c["passed"] is not None]
+    assert len(judged) == 2 + 2 + 4  # engines; overhead at 8 clients; tail and batch gain
