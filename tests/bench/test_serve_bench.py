@@ -1,4 +1,4 @@
-"""bench/serve.py in miniature: its statistics, the engine comparison, the servers and the load.
+"""bench/serve.py and its modules in miniature: statistics, engine comparison, servers, load.
 
 Durations are tiny and nothing here looks at a speed: the numbers only have to be sane.
 """
@@ -15,7 +15,7 @@ import psutil
 import pytest
 import torch
 
-from bench import serve
+from bench import engines, loadgen, serve, servers
 from pipeline.checkpoint import save_checkpoint
 from pipeline.export import export_onnx
 from pipeline.models import build_model
@@ -52,22 +52,22 @@ def model_pair(
 
 def test_percentile_matches_hand_computed_values() -> None:
     values = [4.0, 1.0, 3.0, 2.0]  # sorted: 1 2 3 4, positions 0..3
-    assert serve.percentile(values, 0) == 1.0
-    assert serve.percentile(values, 50) == 2.5  # position 1.5
-    assert serve.percentile(values, 99) == pytest.approx(3.97)  # position 2.97
-    assert serve.percentile(values, 100) == 4.0
-    assert serve.percentile([7.0], 99) == 7.0
-    assert np.isnan(serve.percentile([], 50))
-    assert serve.percentile(values, 90) == pytest.approx(np.percentile(values, 90))
+    assert loadgen.percentile(values, 0) == 1.0
+    assert loadgen.percentile(values, 50) == 2.5  # position 1.5
+    assert loadgen.percentile(values, 99) == pytest.approx(3.97)  # position 2.97
+    assert loadgen.percentile(values, 100) == 4.0
+    assert loadgen.percentile([7.0], 99) == 7.0
+    assert np.isnan(loadgen.percentile([], 50))
+    assert loadgen.percentile(values, 90) == pytest.approx(np.percentile(values, 90))
     with pytest.raises(ValueError, match="got 101"):
-        serve.percentile(values, 101)
+        loadgen.percentile(values, 101)
 
 
 def test_engines_compute_the_same_and_give_positive_rates(model_pair: ModelPair) -> None:
-    session, net, card = serve.load_engines(model_pair.onnx, model_pair.checkpoint, "cpu")
+    session, net, card = engines.load_engines(model_pair.onnx, model_pair.checkpoint, "cpu")
     images, _ = quadrant_images(8)
     x = to_model_input(images, card.mean, card.std)
-    rates = serve.compare_engines(session, net, x, seconds=0.1, rounds=2, batch_sizes=(1, 8))
+    rates = engines.compare_engines(session, net, x, seconds=0.1, rounds=2, batch_sizes=(1, 8))
     assert [r.batch for r in rates] == [1, 8]
     for rate in rates:
         assert rate.ort_ips > 0 and rate.torch_ips > 0
@@ -82,14 +82,16 @@ def test_load_images_falls_back_to_synthetic_at_the_model_shape(tmp_path: Path) 
 
 
 def test_checks_pass_and_fail_on_the_targets() -> None:
-    def result(server: str, endpoint: str, images: int, p50: float, p99: float) -> serve.LoadResult:
-        return serve.LoadResult(server, endpoint, 8, images, 0, images, 1.0, p50, p99)
+    def result(
+        server: str, endpoint: str, images: int, p50: float, p99: float
+    ) -> loadgen.LoadResult:
+        return loadgen.LoadResult(server, endpoint, 8, images, 0, images, 1.0, p50, p99)
 
     results = [
-        result(serve.ON, "/classify", 90, 10, 20),  # 90% of the floor, tail 2x
-        result(serve.OFF, "/classify", 70, 10, 40),  # 70% of the floor, tail 4x
-        result(serve.ON, "/classify_batch", 1000, 50, 60),  # 11x ON, 14x OFF
-        result(serve.MINIMAL, "/classify", 100, 5, 6),
+        result(servers.ON, "/classify", 90, 10, 20),  # 90% of the floor, tail 2x
+        result(servers.OFF, "/classify", 70, 10, 40),  # 70% of the floor, tail 4x
+        result(servers.ON, "/classify_batch", 1000, 50, 60),  # 11x ON, 14x OFF
+        result(servers.MINIMAL, "/classify", 100, 5, 6),
     ]
     verdicts = {c.target: c.passed for c in serve.http_checks(results, [8])}
     assert verdicts == {
@@ -100,21 +102,23 @@ def test_checks_pass_and_fail_on_the_targets() -> None:
         "/classify_batch img/s ≥ 10 × /classify (service, batching on), 8 clients": True,
         "/classify_batch img/s ≥ 10 × /classify (service, batching off), 8 clients": True,
     }
-    rates = [serve.EngineRate(1, 300.0, 100.0, 0.0), serve.EngineRate(64, 200.0, 100.0, 0.0)]
+    rates = [engines.EngineRate(1, 300.0, 100.0, 0.0), engines.EngineRate(64, 200.0, 100.0, 0.0)]
     assert [c.passed for c in serve.engine_checks(rates)] == [True, False]
 
 
 @pytest.fixture(scope="module")
 def minimal_server(
     exported_model: ExportedModel, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[serve.Server]:
+) -> Iterator[servers.Server]:
     """bench/minimal_service.py on the toy model, one worker, started and stopped by bench."""
     folder = tmp_path_factory.mktemp("minimal")
     port = serving.free_port()
-    params = serve.write_params(ROOT / "params.yaml", folder / "params.yaml", port=port, workers=1)
-    server = serve.start_server("minimal", serve.FLOOR, exported_model.path, params, port)
+    params = servers.write_params(
+        ROOT / "params.yaml", folder / "params.yaml", port=port, workers=1
+    )
+    server = servers.start_server("minimal", servers.FLOOR, exported_model.path, params, port)
     try:
-        serve.wait_ready(server, timeout=serving.READY_TIMEOUT_S)
+        servers.wait_ready(server, timeout=serving.READY_TIMEOUT_S)
         workers = psutil.Process(server.process.pid).children(recursive=True)
         yield server
     finally:
@@ -124,13 +128,13 @@ def minimal_server(
 
 
 @pytest.mark.slow
-def test_load_generator_against_the_minimal_service(minimal_server: serve.Server) -> None:
+def test_load_generator_against_the_minimal_service(minimal_server: servers.Server) -> None:
     images, _ = quadrant_images(16, seed=3)
     pngs = [png_bytes(image) for image in images]
-    case = serve.Case("minimal", "/classify", minimal_server.url, pngs, serve.PNG)
-    serve.probe(case)
-    tally = serve.run_load(case, clients=4, seconds=1.0, warmup_s=0.2)
-    result = serve.LoadResult.of(case, 4, tally)
+    case = loadgen.Case("minimal", "/classify", minimal_server.url, pngs, loadgen.PNG)
+    servers.probe(case)
+    tally = loadgen.run_load(case, clients=4, seconds=1.0, warmup_s=0.2)
+    result = loadgen.LoadResult.of(case, 4, tally)
     assert result.errors == 0
     assert result.requests > 4 and result.images == result.requests
     assert 0 < result.p50_ms <= result.p99_ms
@@ -138,14 +142,14 @@ def test_load_generator_against_the_minimal_service(minimal_server: serve.Server
 
 
 @pytest.mark.slow
-def test_measure_http_alternates_cases_and_counts_images(minimal_server: serve.Server) -> None:
+def test_measure_http_alternates_cases_and_counts_images(minimal_server: servers.Server) -> None:
     images, _ = quadrant_images(4, seed=4)
     pngs = [png_bytes(image) for image in images]
     cases = [
-        serve.Case("minimal", "/echo", minimal_server.url, pngs, serve.PNG),
-        serve.Case("minimal", "/classify", minimal_server.url, pngs, serve.PNG, 2),
+        loadgen.Case("minimal", "/echo", minimal_server.url, pngs, loadgen.PNG),
+        loadgen.Case("minimal", "/classify", minimal_server.url, pngs, loadgen.PNG, 2),
     ]
-    results = serve.measure_http(cases, clients=[1, 2], seconds=0.4, rounds=2)
+    results = loadgen.measure_http(cases, clients=[1, 2], seconds=0.4, rounds=2)
     assert [(r.endpoint, r.clients) for r in results] == [
         ("/echo", 1),
         ("/classify", 1),
@@ -180,7 +184,7 @@ def test_main_measures_all_three_servers(
     model_pair: ModelPair, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # A generous latency budget: a busy machine must not turn adaptive batching into 503s.
-    params = serve.write_params(
+    params = servers.write_params(
         ROOT / "params.yaml", tmp_path / "params.yaml", max_latency_ms=10_000
     )
     out = tmp_path / "bench.json"
@@ -196,7 +200,7 @@ def test_main_measures_all_three_servers(
     for row in rows.values():
         assert row["errors"] == 0 and row["requests"] > 0
         assert row["p50_ms"] <= row["p99_ms"]
-    batch = rows[(serve.ON, "/classify_batch", 8)]
+    batch = rows[(servers.ON, "/classify_batch", 8)]
     assert batch["images"] == serve.BATCH_IMAGES * batch["requests"]
     assert data["settings"]["server_provider"].endswith("ExecutionProvider")
     judged = [c for c in data["checks"] if c["passed"] is not None]
