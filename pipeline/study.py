@@ -91,9 +91,7 @@ def run_study(
     work_dir: Path,
 ) -> list[dict[str, Any]]:
     """Run every row in turn (``work_dir / name`` per run); one row per run."""
-    return [
-        run_row(data, run, model_cfg, train_cfg, eval_cfg, work_dir / run.name) for run in runs
-    ]
+    return [run_row(data, run, model_cfg, train_cfg, eval_cfg, work_dir / run.name) for run in runs]
 
 
 def study_row(name: str, metrics: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -128,9 +126,37 @@ def _shift_by_severity(shift: dict[str, Any]) -> dict[str, tuple[float, float]]:
     }
 
 
+# Column order of the table; OOD and shift columns, which depend on the params, follow these.
+LEADING_COLUMNS = (
+    "loss",
+    "accuracy",
+    "ece",
+    "adaptive_ece",
+    "classwise_ece",
+    "nll",
+    "brier",
+    "ece_ts",
+    "temperature",
+)
+
+
+def table_columns(row: dict[str, Any]) -> list[str]:
+    """The table's columns for ``row``: fixed ones, AUROC per OOD set, shift by severity, time.
+
+    Rows read back from JSON come with sorted keys, so the order is set here, not by the row.
+    """
+    auroc = sorted(k for k in row if k.startswith("auroc_"))
+    shift = sorted(
+        (k for k in row if k.startswith("shift_")),
+        key=lambda k: (int(k.rsplit("_s", 1)[1]), not k.startswith("shift_ece")),
+    )
+    rest = [k for k in row if k not in (*LEADING_COLUMNS, *auroc, *shift, "train_seconds")]
+    return [*LEADING_COLUMNS, *auroc, *shift, *sorted(rest), "train_seconds"]
+
+
 def write_table(rows: list[dict[str, Any]], csv_path: Path, md_path: Path) -> None:
     """The study as CSV (one row per loss) and as a markdown table."""
-    header = list(rows[0])
+    header = table_columns(rows[0])
     write_csv(csv_path, header, [[_fmt(r[k]) for k in header] for r in rows])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(_fmt(r[k])) for k in header) + " |" for r in rows]

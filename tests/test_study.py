@@ -10,7 +10,14 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import load_section
-from pipeline.study import StudyRun, plot_shift, run_study, write_table
+from pipeline.study import (
+    LEADING_COLUMNS,
+    StudyRun,
+    plot_shift,
+    run_study,
+    table_columns,
+    write_table,
+)
 from tests.conftest import configs, synthetic_prepared
 
 
@@ -51,3 +58,26 @@ def test_study_writes_one_row_per_loss(params: dict[str, Any], tmp_path: Path) -
     md = (tmp_path / "results.md").read_text().splitlines()
     assert md[0].startswith("| loss | accuracy") and len(md) == 4
     assert (tmp_path / "shift.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_table_columns_do_not_depend_on_key_order() -> None:
+    row = {
+        "train_seconds": 1.0,
+        "shift_est_err_s2": 0.0,
+        "shift_ece_s2": 0.0,
+        "shift_est_err_s1": 0.0,
+        "shift_ece_s1": 0.0,
+        "auroc_noise": 0.0,
+        "auroc_digits": 0.0,
+        **{k: 0.0 for k in reversed(LEADING_COLUMNS)},
+    }
+    assert table_columns(row) == [
+        *LEADING_COLUMNS,
+        "auroc_digits",
+        "auroc_noise",
+        "shift_ece_s1",
+        "shift_est_err_s1",
+        "shift_ece_s2",
+        "shift_est_err_s2",
+        "train_seconds",
+    ]

@@ -65,6 +65,7 @@ def test_rows_then_table(study_args: list[str], tmp_path: Path) -> None:
         table = list(csv.DictReader(fh))
     # losses first, then tuned rows, whatever order the rows were run in
     assert [r["loss"] for r in table] == ["ce", "mrl_tuned"]
+    assert list(table[0])[:3] == ["loss", "accuracy", "ece"]  # not the JSON's sorted keys
     assert (tmp_path / "out" / "shift.png").is_file()
 
 
