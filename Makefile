@@ -11,7 +11,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: setup system-data repro repro-cifar10 test lint bench-train study
+.PHONY: setup system-data repro repro-cifar10 test lint bench-train bench-serve study
 
 setup: $(STAMP) system-data
 
@@ -44,6 +44,10 @@ lint: setup
 
 bench-train: setup
 	$(BIN)/python bench/train_step.py
+
+# Serving speed (docs/benchmarks.md); needs models/model.onnx (make repro). About 3 minutes.
+bench-serve: setup
+	$(BIN)/python bench/serve.py --seconds 5 --rounds 2
 
 # The paper's CIFAR-10 recipe as a DVC experiment (GPU and internet needed).
 repro-cifar10: setup
