@@ -41,12 +41,20 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # Reasons the service is known to use; their counters start at 0 so rate() sees the first one.
+# Reasons the service's own checks give (serving/images.py, serving/guard.py), pre-registered so
+# dashboards show 0 rather than no data; pydantic's error types and "overloaded" appear on use.
 REJECTION_REASONS = (
+    "empty_body",
     "not_an_image",
+    "truncated_image",
+    "too_many_pixels",
     "too_large",
-    "bad_shape",
-    "non_finite",
+    "too_many_items",
     "unsupported_media_type",
+    "bad_shape",
+    "bad_dtype",
+    "non_finite",
+    "out_of_range",
 )
 # Labels must stay few and fixed: a reason is a short snake_case word, never request data.
 _REASON = re.compile(r"[a-z][a-z0-9_]{0,39}")

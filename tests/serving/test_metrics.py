@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipeline.config import load_section
 from pipeline.drift import PSI_EPSILON, bin_counts, ks_statistic, psi
 from pipeline.model_card import ModelCard, ReferenceConfidence
-from serving.metrics import ConfidenceWindow, ServiceMetrics
+from serving.metrics import REJECTION_REASONS, ConfidenceWindow, ServiceMetrics
 
 ROOT = Path(__file__).parents[2]
 
@@ -366,3 +367,9 @@ def test_multiprocess_workers_sum_and_keep_every_metric(tmp_path: Path) -> None:
     assert samples("rankcal_reference_cdf")[(("le", "0.99"),)] == 0.6
     providers = {dict(k)["provider"] for k in samples("rankcal_model_info")}
     assert providers == {CPU, "CUDAExecutionProvider"}
+
+
+def test_every_reason_the_service_gives_is_pre_registered() -> None:
+    source = "".join((ROOT / "serving" / f).read_text() for f in ("images.py", "guard.py"))
+    given = set(re.findall(r'reason="([a-z_]+)"', source))
+    assert given and given <= set(REJECTION_REASONS), given - set(REJECTION_REASONS)
