@@ -15,7 +15,7 @@ import psutil
 import pytest
 import torch
 
-from bench import engines, loadgen, serve, servers
+from bench import engines, loadgen, report, serve, servers
 from pipeline.checkpoint import save_checkpoint
 from pipeline.export import export_onnx
 from pipeline.models import build_model
@@ -93,7 +93,7 @@ def test_checks_pass_and_fail_on_the_targets() -> None:
         result(servers.ON, "/classify_batch", 1000, 50, 60),  # 11x ON, 14x OFF
         result(servers.MINIMAL, "/classify", 100, 5, 6),
     ]
-    verdicts = {c.target: c.passed for c in serve.http_checks(results, [8])}
+    verdicts = {c.target: c.passed for c in report.http_checks(results, [8])}
     assert verdicts == {
         "service, batching on: /classify ≥ 80% of minimal's img/s, 8 clients": True,
         "service, batching off: /classify ≥ 80% of minimal's img/s, 8 clients": False,
@@ -103,7 +103,7 @@ def test_checks_pass_and_fail_on_the_targets() -> None:
         "/classify_batch img/s ≥ 10 × /classify (service, batching off), 8 clients": True,
     }
     rates = [engines.EngineRate(1, 300.0, 100.0, 0.0), engines.EngineRate(64, 200.0, 100.0, 0.0)]
-    assert [c.passed for c in serve.engine_checks(rates)] == [True, False]
+    assert [c.passed for c in report.engine_checks(rates)] == [True, False]
 
 
 @pytest.fixture(scope="module")
