@@ -57,12 +57,6 @@ from tests.serving.conftest import (
     write_params,
 )
 
-# Deprecations inside BentoML 1.4.40 (pydantic and pathspec APIs).
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:The `__get_pydantic_core_schema__`"),
-    pytest.mark.filterwarnings("ignore:GitWildMatchPattern"),
-]
-
 ALERT_RULES = ROOT / "serving" / "prometheus" / "alert_rules.yml"
 SERVICE = "serving.service:ImageClassifier"
 CPU = "CPUExecutionProvider"

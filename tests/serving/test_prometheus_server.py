@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -36,6 +34,7 @@ from tests.serving.conftest import (
     quadrant_images,
     run_service,
     service_env,
+    stop_process_group,
     write_params,
 )
 
@@ -53,8 +52,6 @@ pytestmark = [
         not PROMETHEUS.exists(), reason=f"{PROMETHEUS} is missing (Debian's prometheus package)"
     ),
     # Deprecations inside BentoML 1.4.40 (pydantic and pathspec APIs).
-    pytest.mark.filterwarnings("ignore:The `__get_pydantic_core_schema__`"),
-    pytest.mark.filterwarnings("ignore:GitWildMatchPattern"),
 ]
 
 T = TypeVar("T")
@@ -118,13 +115,7 @@ def run_prometheus(config: Path, tmp: Path) -> Iterator[str]:
         wait_for(ready, "prometheus ready", log)
         yield url
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+        stop_process_group(process, timeout=15)
 
 
 def wait_for(check: Callable[[], T], what: str, log: Path | None = None) -> T:

@@ -47,12 +47,6 @@ from tests.serving.conftest import (
 )
 from tests.serving.test_images import png_with_header_size
 
-# Deprecations inside BentoML 1.4.40 (pydantic and pathspec APIs), seen in in-process tests.
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:The `__get_pydantic_core_schema__`"),
-    pytest.mark.filterwarnings("ignore:GitWildMatchPattern"),
-]
-
 DOCKERFILE = ROOT / "Dockerfile"
 SERVICE = "serving.service:ImageClassifier"
 # Limits of the test service, small enough to trip with small payloads.
