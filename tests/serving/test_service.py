@@ -16,6 +16,7 @@ import shlex
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from pipeline.preprocessing import match_channels, resize_images, to_model_input
 from serving.predictor import execution_providers
 from tests.serving.conftest import (
     CLASS_NAMES,
+    READY_TIMEOUT_S,
     ROOT,
     SIZE,
     ExportedModel,
@@ -438,6 +440,10 @@ def test_two_workers_aggregate_metrics(exported_model: ExportedModel, tmp_path: 
 
     argv = [str(Path(sys.executable).parent / "bentoml"), "serve", SERVICE]
     with run_service(argv, env, port, tmp_path / "service.log") as running:
+        # /readyz answers from whichever worker takes the request: wait for both warm-ups.
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while running.log_text().count("warm-up batch done") < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
         responses = asyncio.run(send_all(running.url))
         metrics = Metrics.scrape(running.url)
         log = running.log_text()
