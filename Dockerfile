@@ -55,8 +55,8 @@ RUN pip install -c requirements.lock \
         "onnxruntime-gpu${ORT_EXTRAS}" bentoml pillow numpy prometheus-client pyyaml \
     && useradd --create-home --uid 10001 rankcal
 
-COPY pipeline/__init__.py pipeline/config.py pipeline/drift.py pipeline/model_card.py \
-     pipeline/preprocessing.py pipeline/
+COPY pipeline/__init__.py pipeline/config.py pipeline/drift.py pipeline/images.py \
+     pipeline/model_card.py pipeline/preprocessing.py pipeline/
 COPY serving/ serving/
 COPY params.yaml ./
 COPY models/model.onnx models/model.onnx

@@ -31,6 +31,35 @@ class Normalizer:
         return (x - self.mean) / self.std
 
 
+class MappedImages:
+    """Training images left in a memory-mapped ``.npy`` file, gathered batch by batch.
+
+    Indexing with a tensor of positions (as :func:`iterate_batches` does) reads just those rows,
+    in file order, and returns them as a uint8 tensor on ``device``: a dataset larger than
+    memory trains with only a batch in memory.
+
+    Args:
+        images: uint8 (N, H, W, C), typically ``np.load(path, mmap_mode="r")``.
+        rows: The rows of ``images`` that make up this set (e.g. the training indices).
+        device: Where batches go.
+    """
+
+    def __init__(self, images: np.ndarray, rows: np.ndarray, device: torch.device) -> None:
+        self.images = images
+        self.rows = np.asarray(rows)
+        self.device = device
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, idx: Tensor) -> Tensor:
+        picked = self.rows[idx.cpu().numpy()]
+        order = np.argsort(picked, kind="stable")  # ascending offsets: sequential reads
+        batch = np.empty((len(picked), *self.images.shape[1:]), dtype=np.uint8)
+        batch[order] = self.images[picked[order]]
+        return torch.from_numpy(batch).to(self.device)
+
+
 def random_crop_flip(images: Tensor, pad: int, flip: bool, generator: torch.Generator) -> Tensor:
     """Zero-padded random crop (and optional horizontal flip) of a uint8 NHWC batch.
 
@@ -51,7 +80,7 @@ def random_crop_flip(images: Tensor, pad: int, flip: bool, generator: torch.Gene
 
 
 def iterate_batches(
-    images: Tensor,
+    images: Tensor | MappedImages,
     labels: Tensor,
     batch_size: int,
     generator: torch.Generator | None = None,

@@ -8,6 +8,7 @@ that arrived. Defaults live only in ``params.yaml``; no field here has one.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import types
 import typing
 from dataclasses import dataclass
@@ -18,20 +19,18 @@ import yaml
 
 from pipeline.drift import check_edges
 
-ID_DATASETS = ("fashion_mnist", "cifar10", "cifar100", "svhn", "mnist")
-OOD_DATASETS = ("digits", "noise", "mnist", "svhn", "cifar100")
-ARCHS = ("small_cnn", "resnet18", "resnet34", "resnet50", "wrn16_4", "wrn28_10")
+FOLDER = "folder"  # data.dataset of a user's image folder
+FOLDER_OOD_PREFIX = "folder:"  # data.ood entry naming a folder of OOD images, any layout
 LOSSES = ("ce", "ls", "focal", "mixup", "mrl", "mndcg")
-CORRUPTIONS = (
-    "gaussian_noise",
-    "gaussian_blur",
-    "contrast",
-    "rotation",
-    "brightness",
-    "pixelate",
-    "impulse_noise",
-    "occlusion",
-)
+
+
+def _registry(module: str, name: str) -> tuple[Any, ...]:
+    """The names a registry in ``module`` defines, where the code implementing them lives.
+
+    Imported only when a section that needs it is parsed: the service parses ``serve`` alone
+    and must not import torch or SciPy.
+    """
+    return tuple(getattr(importlib.import_module(module), name))
 
 
 class ConfigError(ValueError):
@@ -40,20 +39,48 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    """``data`` section: which dataset, how it is split, which OOD sets accompany it."""
+    """``data`` section: which dataset, how it is split, which OOD sets accompany it.
+
+    ``root``, ``image_size``, ``channels`` and ``on_error`` describe a ``folder`` dataset (a
+    user's ``root/<class>/<image>`` tree) and are ignored for the built-in ones; ``resize`` is
+    also how the service fits a photo of any size to the model, for every dataset.
+    """
 
     dataset: str
+    root: str
+    image_size: list[int]
+    channels: int
+    resize: Literal["resize_shorter_then_center_crop", "stretch"]
+    on_error: Literal["error", "skip"]
+    workers: int | None
     ood: list[str]
     val_fraction: float
+    test_fraction: float
     seed: int
     max_train: int | None
     max_test: int | None
 
     def __post_init__(self) -> None:
-        _choice("data.dataset", self.dataset, ID_DATASETS)
+        ids = _registry("pipeline.data.readers", "ID_DATASETS")
+        _choice("data.dataset", self.dataset, (*ids, FOLDER))
+        ood_names = _registry("pipeline.data.ood", "OOD_NAMES")
         for name in self.ood:
-            _choice("data.ood", name, OOD_DATASETS)
+            if not (name.startswith(FOLDER_OOD_PREFIX) and len(name) > len(FOLDER_OOD_PREFIX)):
+                _choice("data.ood", name, (*ood_names, f"{FOLDER_OOD_PREFIX}<path>"))
+        _check("data.root", self.root, bool(self.root.strip()), "a folder path")
+        ok = len(self.image_size) == 2 and min(self.image_size) >= 4
+        _check("data.image_size", self.image_size, ok, "[height, width], each >= 4")
+        _choice("data.channels", self.channels, (1, 3))
+        if self.workers is not None:
+            _check("data.workers", self.workers, self.workers >= 1, ">= 1 or null")
         _check("data.val_fraction", self.val_fraction, 0 < self.val_fraction < 1, "in (0, 1)")
+        _check("data.test_fraction", self.test_fraction, 0 < self.test_fraction < 1, "in (0, 1)")
+        _check(
+            "data.test_fraction",
+            self.test_fraction,
+            self.val_fraction + self.test_fraction < 1,
+            f"below 1 - data.val_fraction ({1 - self.val_fraction:g})",
+        )
         for key in ("max_train", "max_test"):
             value = getattr(self, key)
             _check(f"data.{key}", value, value is None or value >= 10, ">= 10 or null")
@@ -61,12 +88,28 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """``model`` section: the architecture."""
+    """``model`` section: the architecture and whether it starts from pretrained weights.
+
+    ``arch`` is one of our own networks (``small_cnn``, ``resnet18``, ...), ``tv:<name>`` (a
+    torchvision classifier) or ``timm:<name>`` (a timm model); :func:`pipeline.models.check_arch`
+    is the single registry. ``pretrained`` downloads the backbone's weights (torchvision/timm
+    only).
+    """
 
     arch: str
+    pretrained: bool
 
     def __post_init__(self) -> None:
-        _choice("model.arch", self.arch, ARCHS)
+        check_arch = importlib.import_module("pipeline.models").check_arch
+        try:
+            check_arch(self.arch)
+        except ValueError as err:
+            raise ConfigError(f"model.arch: {err}") from None
+        if self.pretrained and ":" not in self.arch:
+            raise ConfigError(
+                f"model.pretrained is true but model.arch {self.arch!r} is one of our own "
+                "networks, which have no pretrained weights; use tv:<name> or timm:<name>"
+            )
 
 
 @dataclass(frozen=True)
@@ -116,6 +159,7 @@ class TrainConfig:
     epochs: int
     batch_size: int
     lr: float
+    backbone_lr_scale: float
     momentum: float
     weight_decay: float
     nesterov: bool
@@ -133,6 +177,8 @@ class TrainConfig:
         _check("train.epochs", self.epochs, self.epochs >= 1, ">= 1")
         _check("train.batch_size", self.batch_size, self.batch_size >= 2, ">= 2")
         _check("train.lr", self.lr, self.lr > 0, "> 0")
+        ok = 0 < self.backbone_lr_scale <= 1
+        _check("train.backbone_lr_scale", self.backbone_lr_scale, ok, "in (0, 1]")
         _check("train.momentum", self.momentum, 0 <= self.momentum < 1, "in [0, 1)")
         _check("train.weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0")
         _check("train.lr_gamma", self.lr_gamma, 0 < self.lr_gamma <= 1, "in (0, 1]")
@@ -164,8 +210,9 @@ class EvaluateConfig:
         _check("evaluate.n_bins", self.n_bins, self.n_bins >= 1, ">= 1")
         _check("evaluate.batch_size", self.batch_size, self.batch_size >= 1, ">= 1")
         _check("evaluate.ood_tpr", self.ood_tpr, 0 < self.ood_tpr < 1, "in (0, 1)")
+        corruptions = _registry("pipeline.data.corruptions", "CORRUPTIONS")
         for name in self.corruptions:
-            _choice("evaluate.corruptions", name, CORRUPTIONS)
+            _choice("evaluate.corruptions", name, corruptions)
         for level in self.severities:
             _check("evaluate.severities", self.severities, 1 <= level <= 5, "in 1..5")
         if self.shift_images is not None:

@@ -17,7 +17,6 @@ from tqdm.auto import tqdm
 
 from pipeline.calibration import estimated_accuracy, fit_temperature, softmax
 from pipeline.config import EvaluateConfig
-from pipeline.data.classes import class_names
 from pipeline.data.corruptions import corrupt
 from pipeline.data.prepared import PreparedData
 from pipeline.data.split import stratified_subset
@@ -146,8 +145,9 @@ def serving_reference(
     counts = bin_counts(test_confidence, cfg.reference_edges)
     return {
         "dataset": data.dataset,
-        "class_names": class_names(data.dataset, data.num_classes),
+        "class_names": list(data.class_names),
         "image_shape": list(data.image_shape),
+        "resize": data.resize,
         "mean": list(data.mean),
         "std": list(data.std),
         "temperature": temperature,

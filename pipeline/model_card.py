@@ -15,6 +15,7 @@ from typing import Any
 
 from pipeline.config import ConfigError, parse_dataclass
 from pipeline.drift import check_edges
+from pipeline.images import check_resize_policy
 
 METADATA_KEY = "rankcal"
 INPUT_NAME = "images"
@@ -45,14 +46,17 @@ class ReferenceConfidence:
 class ModelCard:
     """What the evaluate stage measured and serving must apply, with the model's version.
 
-    ``image_shape`` is ``(H, W, C)`` of the model input; ``mean``/``std`` are per channel on the
-    [0, 1] scale; ``temperature`` is already folded into the ONNX graph's outputs and is kept for
-    the record; accuracies and ECE are percent, as in ``metrics/eval.json``.
+    ``image_shape`` is ``(H, W, C)`` of the model input and ``resize`` how a photo of any size
+    is fitted to it (:func:`pipeline.images.fit_image`, as the data stage did); ``mean`` and
+    ``std`` are per channel on the [0, 1] scale; ``temperature`` is already folded into the ONNX
+    graph's outputs and is kept for the record; accuracies and ECE are percent, as in
+    ``metrics/eval.json``.
     """
 
     dataset: str
     class_names: list[str]
     image_shape: list[int]
+    resize: str
     mean: list[float]
     std: list[float]
     temperature: float
@@ -69,6 +73,10 @@ class ModelCard:
         channels = self.image_shape[2]
         if len(self.mean) != channels or len(self.std) != channels:
             raise ConfigError(f"mean/std need {channels} values, got {self.mean} / {self.std}")
+        try:
+            check_resize_policy(self.resize)
+        except ValueError as err:
+            raise ConfigError(f"model_card.resize: {err}") from None
         if len(self.class_names) < 2:
             raise ConfigError(f"need at least two class names, got {self.class_names}")
         if not self.temperature > 0:

@@ -7,15 +7,11 @@ Pillow: no BentoML, so the rules are testable without a server.
 
 from __future__ import annotations
 
-import io
-import warnings
 from http import HTTPStatus
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-# Pillow modes holding one grey channel (optionally with alpha); everything else becomes RGB.
-_GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"})
+from pipeline.images import ImageReadError, read_image
 
 
 class InputError(ValueError):
@@ -38,12 +34,11 @@ class InputError(ValueError):
 def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
     """Decode an uploaded image into uint8 ``(H, W, C)`` with C = 1 (grey) or 3 (colour).
 
-    Grey modes (1, L, I, I;16, F) give one channel, all others (RGB, palette, CMYK, YCbCr, ...)
-    three. Transparency is composited onto black, the background of the training images. Only
-    the first frame of an animation is used.
+    :func:`pipeline.images.read_image` (the data stage's decoder: accepted formats, EXIF
+    orientation, transparency onto black), with its refusals as :class:`InputError`.
 
     Args:
-        data: The file's bytes (PNG, JPEG, GIF, BMP, TIFF, WebP: anything Pillow reads).
+        data: The file's bytes (one of :data:`pipeline.images.IMAGE_FORMATS`).
         max_pixels: Largest ``width * height`` accepted, checked on the header before decoding.
 
     Raises:
@@ -55,61 +50,10 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
             "the request body is empty: send the image file's bytes", reason="empty_body"
         )
     try:
-        with warnings.catch_warnings():
-            # Pillow's own bomb check warns below its hard limit; treat that as the error it is.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise InputError(f"image too large to decode ({err})", reason="too_many_pixels") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise InputError(
-            f"the body ({len(data)} bytes) is not an image file Pillow can read "
-            "(PNG, JPEG, GIF, BMP, TIFF, WebP, ...)",
-            reason="not_an_image",
-        ) from None
-    with image:
-        width, height = image.size
-        if width < 1 or height < 1:
-            raise InputError(f"image is {width}x{height} pixels: zero-sized", reason="bad_shape")
-        if width * height > max_pixels:
-            raise InputError(
-                f"image is {width}x{height} = {width * height} pixels, more than the "
-                f"{max_pixels} allowed (serve.max_image_pixels)",
-                reason="too_many_pixels",
-            )
-        try:
-            image.load()
-            return _to_array(image)
-        except (OSError, SyntaxError, ValueError, EOFError) as err:
-            raise InputError(
-                f"{image.format} image ({width}x{height}) is truncated or corrupt: {err}",
-                reason="truncated_image",
-            ) from None
-
-
-def _to_array(image: Image.Image) -> np.ndarray:
-    """uint8 (H, W, 1 or 3) from a loaded Pillow image, alpha composited onto black."""
-    grey = image.mode in _GREY_MODES or (image.mode in ("P", "PA") and _palette_is_grey(image))
-    has_alpha = "A" in image.getbands() or "transparency" in image.info
-    if image.mode.startswith("I;16"):
-        # 16-bit grey (e.g. PNG): Pillow's convert("L") would clip, so rescale 0..65535.
-        wide = np.asarray(image, dtype=np.float32)
-        return np.rint(wide / 257.0).astype(np.uint8)[..., None]
-    if has_alpha:
-        rgba = np.asarray(image.convert("LA" if grey else "RGBA"), dtype=np.float32)
-        colour, alpha = rgba[..., :-1], rgba[..., -1:] / 255.0
-        pixels = np.rint(colour * alpha).astype(np.uint8)
-    else:
-        pixels = np.asarray(image.convert("L" if grey else "RGB"), dtype=np.uint8)
-    if pixels.ndim == 2:
-        pixels = pixels[..., None]
-    return np.ascontiguousarray(pixels)
-
-
-def _palette_is_grey(image: Image.Image) -> bool:
-    palette = image.getpalette() or []
-    rgb = np.asarray(palette, dtype=np.int16).reshape(-1, 3)
-    return bool(np.all(rgb == rgb[:, :1]))
+        return read_image(data, max_pixels=max_pixels)
+    except ImageReadError as err:
+        hint = " (serve.max_image_pixels)" if err.reason == "too_many_pixels" else ""
+        raise InputError(f"the body is refused: {err}{hint}", reason=err.reason) from None
 
 
 def as_uint8_batch(

@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from pipeline.images import fit_image
 from pipeline.model_card import INPUT_NAME, METADATA_KEY, ModelCard
-from pipeline.preprocessing import match_channels, resize_images, to_model_input
+from pipeline.preprocessing import to_model_input
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +101,8 @@ class Predictor:
     def conform(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Bring uint8 ``(H, W, C)`` images of any size and 1 or 3 channels to the model's shape.
 
-        Each image is resized, then converted to the model's channels, with the same
-        :mod:`pipeline.preprocessing` calls evaluation uses for out-of-distribution sets.
+        Each image goes through :func:`pipeline.images.fit_image` under the card's resize
+        policy: the function the data stage fitted a folder dataset's images with.
 
         Returns:
             uint8 ``(N, H, W, C)`` at the model's shape.
@@ -109,8 +110,7 @@ class Predictor:
         height, width, channels = self.image_shape
         out = np.empty((len(images), height, width, channels), dtype=np.uint8)
         for i, image in enumerate(images):
-            resized = resize_images(image[None], (height, width))
-            out[i] = match_channels(resized, channels)[0]
+            out[i] = fit_image(image, (height, width), channels, self.card.resize)
         return out
 
     def predict(self, images: np.ndarray, *, batch_size: int) -> Predictions:

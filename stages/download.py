@@ -17,15 +17,12 @@ SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
 def prepare(cfg: DataConfig, args: argparse.Namespace, max_train: int | None) -> PreparedData:
-    """Prepare the ``data`` section's dataset from ``--raw``, ``--system-dir``, ``--checksums``."""
+    """Prepare the ``data`` section's dataset from ``--raw``, ``--system-dir``, ``--checksums``
+    (built-in datasets) or ``data.root`` (a folder)."""
     return prepare_data(
-        cfg.dataset,
+        cfg,
         args.raw,
-        val_fraction=cfg.val_fraction,
-        seed=cfg.seed,
-        ood_names=cfg.ood,
         max_train=max_train,
-        max_test=cfg.max_test,
         system_dir=args.system_dir,
         checksums={"fashion_mnist": load_checksums(args.checksums)},
     )
@@ -55,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"download: {err}", file=sys.stderr)
         return 2
     save_prepared(data, args.out)
+    args.raw.mkdir(parents=True, exist_ok=True)  # a DVC output, even when nothing was downloaded
     return 0
 
 

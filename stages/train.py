@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         model_cfg, loss_cfg, train_cfg = (
             load_section(params, s) for s in ("model", "loss", "train")
         )
-        data = load_prepared(args.data)
+        # Mapped, not read: a training split larger than memory is read batch by batch.
+        data = load_prepared(args.data, mmap=True)
     except (ConfigError, DataError) as err:
         print(f"train: {err}", file=sys.stderr)
         return 2

@@ -35,7 +35,7 @@ def synthetic_prepared(
     idx = np.arange(n)
     return PreparedData(
         dataset="synthetic",
-        num_classes=classes,
+        class_names=[f"class_{k}" for k in range(classes)],
         train=pool,
         test=pool,
         train_idx=idx[idx % 5 != 0],
@@ -43,6 +43,7 @@ def synthetic_prepared(
         mean=[0.3],
         std=[0.3],
         ood={},
+        resize="resize_shorter_then_center_crop",
     )
 
 
@@ -50,6 +51,11 @@ def synthetic_prepared(
 def params() -> dict[str, Any]:
     """A fresh, mutable copy of the shipped params.yaml."""
     return copy.deepcopy(read_params(ROOT / "params.yaml"))
+
+
+def data_config(params: dict[str, Any], **overrides: Any) -> Any:
+    """The typed ``data`` section of ``params`` with ``overrides`` applied."""
+    return load_section({"data": {**params["data"], **overrides}}, "data")
 
 
 def configs(params: dict[str, Any], **overrides: dict[str, Any]) -> tuple[Any, Any, Any]:

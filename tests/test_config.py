@@ -86,11 +86,34 @@ def test_copies_per_loss(params: dict[str, Any]) -> None:
         assert load_section(changed, "loss").copies == copies
 
 
-def test_corruption_names_match_the_library() -> None:
-    from pipeline.config import CORRUPTIONS
-    from pipeline.data.corruptions import CORRUPTIONS as LIBRARY
+def test_name_registries_are_the_implementing_modules(params: dict[str, Any]) -> None:
+    """One definition of each registry: the config's error lists what the library defines."""
+    from pipeline.data.corruptions import CORRUPTIONS
+    from pipeline.data.ood import OOD_NAMES
+    from pipeline.data.readers import ID_DATASETS
 
-    assert set(CORRUPTIONS) == set(LIBRARY)
+    for section, key, value, names in [
+        ("evaluate", "corruptions", ["fog"], CORRUPTIONS),
+        ("data", "dataset", "imagenet", (*ID_DATASETS, "folder")),
+        ("data", "ood", ["places"], OOD_NAMES),
+    ]:
+        changed = copy.deepcopy(params)
+        changed[section][key] = value
+        with pytest.raises(ConfigError) as info:
+            load_section(changed, section)
+        assert all(repr(name) in str(info.value) for name in names), str(info.value)
+
+
+def test_model_arch_accepts_backbones_and_names_the_forms(params: dict[str, Any]) -> None:
+    for arch in ("small_cnn", "tv:resnet18", "timm:resnet18"):
+        params["model"]["arch"] = arch
+        assert load_section(params, "model").arch == arch
+    params["model"]["arch"] = "tv:resnet_18"
+    with pytest.raises(ConfigError, match=r"model\.arch.*tv:resnet_18"):
+        load_section(params, "model")
+    params["model"].update(arch="small_cnn", pretrained=True)
+    with pytest.raises(ConfigError, match="no pretrained weights"):
+        load_section(params, "model")
 
 
 def test_tuned_study_rows_parse_and_name_nested_keys(params: dict[str, Any]) -> None:

@@ -10,12 +10,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
 from tests.conftest import ROOT, needs_fashion_mnist
+from tests.image_folder import CLASS_COLOURS, class_image, encode, make_image_folder
+from tests.serving.conftest import (
+    free_port,
+    no_torch_dir,
+    run_service,
+    service_env,
+    write_params,
+)
 
-TRACKED = ["dvc.yaml", "pipeline", "stages", "checksums", ".dvcignore"]
+SERVICE = "serving.service:ImageClassifier"
+
+TRACKED = ["dvc.yaml", "pipeline", "stages", "checksums", ".dvcignore", "images"]
 
 
 def run(args: list[str], cwd: Path) -> str:
@@ -81,3 +92,54 @@ def test_dvc_repro_runs_then_reports_nothing_changed(project: Path) -> None:
     assert "train.epochs" in run(["dvc", "params", "diff"], project)
     changed = run(["dvc", "status"], project)
     assert "train" in changed and "download" not in changed.split("train")[0]
+
+
+@pytest.mark.slow
+def test_dvc_repro_on_an_image_folder_then_the_service_names_its_classes(
+    project: Path, tmp_path: Path
+) -> None:
+    """A user's folder through download, train, evaluate and export, then the real service."""
+    make_image_folder(project / "images", per_class=16)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"].update(
+        dataset="folder",
+        root="images",
+        image_size=[16, 16],
+        channels=3,
+        on_error="skip",  # images/cat/broken.png
+        workers=2,
+        ood=["noise"],
+        max_train=None,
+        max_test=None,
+    )
+    params["train"].update(epochs=8, batch_size=8, lr=0.05)
+    params["evaluate"].update(shift_images=None)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["dvc", "repro"], project)
+    card = json.loads((project / "models" / "calibration.json").read_text())
+    assert card["class_names"] == ["cat", "dog", "fox"] and card["image_shape"] == [16, 16, 3]
+    assert card["resize"] == "resize_shorter_then_center_crop"
+    assert (project / "models" / "model.onnx").is_file()
+    export = json.loads((project / "metrics" / "export.json").read_text())
+    assert export["accuracy_onnx"] > 90  # three colours: a few epochs separate them
+
+    # The folder is a dependency: one more image reruns the pipeline from the data stage.
+    (project / "images" / "dog" / "extra.png").write_bytes(
+        encode(class_image(CLASS_COLOURS["dog"], (20, 20), 5), "PNG")
+    )
+    assert "download" in run(["dvc", "status"], project)
+
+    port = free_port()
+    serve_params = write_params(tmp_path / "serve.yaml", port=port, workers=1)
+    env = service_env(project / "models" / "model.onnx", serve_params, [no_torch_dir(tmp_path)])
+    argv = [str(Path(sys.executable).parent / "bentoml"), "serve", SERVICE]
+    photo = encode(class_image(CLASS_COLOURS["fox"], (150, 200), 77), "JPEG", quality=90)
+    with run_service(argv, env, port, tmp_path / "service.log") as service:
+        answer = httpx.post(
+            f"{service.url}/classify", content=photo, headers={"Content-Type": "image/jpeg"}
+        )
+        metrics = httpx.get(f"{service.url}/metrics").text
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["class_name"] == "fox"
+    assert {c["class_name"] for c in answer.json()["top_k"]} == {"cat", "dog", "fox"}
+    assert 'class_name="fox"' in metrics

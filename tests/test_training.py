@@ -8,13 +8,16 @@ from typing import Any
 import pytest
 import torch
 
+from pipeline import training
+from pipeline.batches import MappedImages
 from pipeline.checkpoint import load_checkpoint, load_model
-from pipeline.data import load_checksums, prepare_data
+from pipeline.data import load_checksums, load_prepared, prepare_data, save_prepared
 from pipeline.training import train
 from tests.conftest import (
     ROOT,
     SYSTEM_FASHION_MNIST,
     configs,
+    data_config,
     needs_fashion_mnist,
     synthetic_prepared,
 )
@@ -75,6 +78,26 @@ def test_interrupted_run_resumes_to_the_same_weights(
     assert straight["extra"]["history"] == resumed["extra"]["history"]
 
 
+def test_training_from_a_mapped_file_equals_training_in_memory(
+    params: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save_prepared(synthetic_prepared(), tmp_path / "data")
+    model, loss_cfg, cfg = configs(params, train={**FAST, "epochs": 2})
+    train(load_prepared(tmp_path / "data"), model, loss_cfg, cfg, tmp_path / "memory")
+    mapped = load_prepared(tmp_path / "data", mmap=True)
+    monkeypatch.setattr(training, "IN_MEMORY_SHARE", 0.0)  # any size counts as too large
+    batches: list[int] = []
+    real = MappedImages.__getitem__
+    monkeypatch.setattr(
+        MappedImages, "__getitem__", lambda self, idx: batches.append(len(idx)) or real(self, idx)
+    )
+    train(mapped, model, loss_cfg, cfg, tmp_path / "disk")
+    assert batches and max(batches) == 32  # read per batch, never the whole split
+    on_disk = load_checkpoint(tmp_path / "disk" / "last.pt")["model"]
+    for key, tensor in load_checkpoint(tmp_path / "memory" / "last.pt")["model"].items():
+        assert torch.equal(tensor, on_disk[key]), key
+
+
 def test_checkpoint_of_other_params_is_not_resumed(params: dict[str, Any], tmp_path: Path) -> None:
     data = synthetic_prepared()
     model, loss_cfg, cfg = configs(params, train={**FAST, "epochs": 1})
@@ -94,14 +117,11 @@ def test_best_checkpoint_rebuilds_the_model(params: dict[str, Any], tmp_path: Pa
 
 @needs_fashion_mnist
 def test_fashion_mnist_subset_far_above_chance(params: dict[str, Any], tmp_path: Path) -> None:
+    cfg_data = data_config(params, dataset="fashion_mnist", ood=[], max_test=500)
     data = prepare_data(
-        "fashion_mnist",
+        cfg_data,
         tmp_path / "raw",
-        val_fraction=0.1,
-        seed=0,
-        ood_names=[],
         max_train=4000,
-        max_test=500,
         system_dir=SYSTEM_FASHION_MNIST,
         checksums={"fashion_mnist": load_checksums(ROOT / "checksums" / "fashion-mnist.sha256")},
     )

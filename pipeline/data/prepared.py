@@ -6,22 +6,31 @@ import json
 import logging
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.config import FOLDER, FOLDER_OOD_PREFIX, DataConfig
+from pipeline.data.classes import class_names
 from pipeline.data.download import Checksums, Downloader, fetch_dataset
 from pipeline.data.errors import DataError
+from pipeline.data.folder import (
+    FolderOptions,
+    check_class_sizes,
+    load_split,
+    read_image_tree,
+    scan_folder,
+)
 from pipeline.data.ood import OOD_NAMES, load_ood
 from pipeline.data.readers import ImageSet, load_id_dataset, num_classes
 from pipeline.data.split import stratified_split, stratified_subset
 from pipeline.io import atomic_path, write_json
-from pipeline.preprocessing import channel_stats
+from pipeline.preprocessing import channel_stats, match_channels
 
 logger = logging.getLogger(__name__)
 
-_FILES = ("id.npz", "split.npz", "ood.npz", "meta.json")
+_FILES = ("x_train.npy", "x_test.npy", "labels.npz", "split.npz", "ood.npz", "meta.json")
 
 
 # eq=False: field-wise equality and hashing are meaningless for numpy arrays.
@@ -30,8 +39,8 @@ class PreparedData:
     """An ID dataset with its train/validation split, normalisation stats and OOD sets.
 
     Attributes:
-        dataset: ID dataset name.
-        num_classes: Number of classes.
+        dataset: ID dataset name (``folder`` for a user's image folder).
+        class_names: Class names in label order (a folder's class folder names).
         train: The (possibly capped) training pool; split by ``train_idx``/``val_idx``.
         test: The test split.
         train_idx: Sorted indices into ``train`` used for fitting.
@@ -39,10 +48,12 @@ class PreparedData:
         mean: Per-channel mean on the [0, 1] scale, from the ``train_idx`` images only.
         std: Per-channel standard deviation on the [0, 1] scale, likewise.
         ood: OOD images by set name, uint8 NHWC at :attr:`image_shape`.
+        resize: How the service fits a photo to :attr:`image_shape` (and how a folder's images
+            were fitted): a :data:`pipeline.images.RESIZE_POLICIES` entry.
     """
 
     dataset: str
-    num_classes: int
+    class_names: list[str]
     train: ImageSet
     test: ImageSet
     train_idx: np.ndarray
@@ -50,6 +61,12 @@ class PreparedData:
     mean: list[float]
     std: list[float]
     ood: dict[str, np.ndarray]
+    resize: str
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.class_names)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -58,30 +75,35 @@ class PreparedData:
         return int(height), int(width), int(channels)
 
 
+def _check_ood_names(ood_names: Sequence[str]) -> None:
+    unknown = [n for n in ood_names if n not in OOD_NAMES and not n.startswith(FOLDER_OOD_PREFIX)]
+    if unknown:
+        raise ValueError(
+            f"unknown OOD set(s) {unknown}; expected names from {list(OOD_NAMES)} "
+            f"or {FOLDER_OOD_PREFIX}<path>"
+        )
+
+
 def prepare_data(
-    name: str,
+    cfg: DataConfig,
     raw_dir: Path,
     *,
-    val_fraction: float,
-    seed: int,
-    ood_names: Sequence[str],
-    max_train: int | None = None,
-    max_test: int | None = None,
+    max_train: int | None,
     system_dir: Path | None = None,
     checksums: Checksums | None = None,
     downloader: Downloader | None = None,
     ood_count: int | None = None,
 ) -> PreparedData:
-    """Fetch, read, cap, split and describe an ID dataset, and load its OOD sets.
+    """Fetch or read, cap, split and describe the ``data`` section's dataset, with its OOD sets.
+
+    A built-in dataset is fetched into ``raw_dir``; a ``folder`` dataset is read from
+    ``cfg.root`` (relative paths are relative to the working directory).
 
     Args:
-        name: ID dataset name.
-        raw_dir: Raw-data root.
-        val_fraction: Fraction of the training pool held out for validation.
-        seed: Seed for capping, splitting and OOD sampling.
-        ood_names: OOD sets to load (see :data:`pipeline.data.ood.OOD_NAMES`).
-        max_train: Cap on the training pool (stratified subset), or ``None`` for all.
-        max_test: Cap on the test split (stratified subset), or ``None`` for all.
+        cfg: The ``data`` section.
+        raw_dir: Raw-data root of the built-in and downloadable OOD sets.
+        max_train: Cap on the training pool (stratified subset), or ``None`` for all; the
+            study passes its own.
         system_dir: Passed to :func:`fetch_dataset`.
         checksums: Passed to :func:`fetch_dataset`.
         downloader: Passed to :func:`fetch_dataset` and :func:`load_ood`.
@@ -90,37 +112,96 @@ def prepare_data(
     Returns:
         The prepared data.
     """
-    unknown = [n for n in ood_names if n not in OOD_NAMES]
-    if unknown:
-        raise ValueError(f"unknown OOD set(s) {unknown}; expected names from {list(OOD_NAMES)}")
-    folder = fetch_dataset(
-        name, raw_dir, system_dir=system_dir, checksums=checksums, downloader=downloader
+    _check_ood_names(cfg.ood)
+    options = FolderOptions(
+        image_size=(cfg.image_size[0], cfg.image_size[1]),
+        channels=cfg.channels,
+        resize=cfg.resize,
+        on_error=cfg.on_error,
+        workers=cfg.workers,
     )
-    train, test = load_id_dataset(name, folder)
-    if max_train is not None:
-        train = train.subset(stratified_subset(train.labels, max_train, seed))
-    if max_test is not None:
-        test = test.subset(stratified_subset(test.labels, max_test, seed))
-    train_idx, val_idx = stratified_split(train.labels, val_fraction, seed)
-    mean, std = channel_stats(train.images[train_idx])
-    height, width, channels = train.images.shape[1:]
-    shape = (int(height), int(width), int(channels))
-    count = len(test) if ood_count is None else ood_count
-    ood = {
-        ood_name: load_ood(
-            ood_name, shape=shape, raw_dir=raw_dir, count=count, seed=seed, downloader=downloader
+    if cfg.dataset == FOLDER:
+        class_list, train, test, split = _read_folder(cfg, options)
+    else:
+        folder = fetch_dataset(
+            cfg.dataset, raw_dir, system_dir=system_dir, checksums=checksums, downloader=downloader
         )
-        for ood_name in ood_names
-    }
+        train, test = load_id_dataset(cfg.dataset, folder)
+        class_list, split = class_names(cfg.dataset, num_classes(cfg.dataset)), None
+    if max_train is not None:
+        keep = stratified_subset(train.labels, max_train, cfg.seed)
+        train = train.subset(keep)
+        split = None if split is None else np.isin(keep, split).nonzero()[0]
+    if cfg.max_test is not None:
+        test = test.subset(stratified_subset(test.labels, cfg.max_test, cfg.seed))
+    if split is None:
+        train_idx, val_idx = stratified_split(train.labels, cfg.val_fraction, cfg.seed)
+    else:  # a folder's own val/ split
+        val_idx = np.asarray(split, dtype=np.int64)
+        train_idx = np.setdiff1d(np.arange(len(train)), val_idx).astype(np.int64)
+    mean, std = channel_stats(train.images[train_idx])
+    data = PreparedData(
+        cfg.dataset, class_list, train, test, train_idx, val_idx, mean, std, {}, cfg.resize
+    )
+    count = len(test) if ood_count is None else ood_count
+    for name in cfg.ood:
+        if name.startswith(FOLDER_OOD_PREFIX):
+            root = Path(name.removeprefix(FOLDER_OOD_PREFIX))
+            images = read_image_tree(root, replace(options, image_size=data.image_shape[:2]))
+            images = match_channels(images, data.image_shape[2])
+            if count < len(images):
+                rng = np.random.default_rng(cfg.seed)
+                images = images[np.sort(rng.choice(len(images), size=count, replace=False))]
+        else:
+            images = load_ood(
+                name,
+                shape=data.image_shape,
+                raw_dir=raw_dir,
+                count=count,
+                seed=cfg.seed,
+                downloader=downloader,
+            )
+        data.ood[name] = images
     logger.info(
         "%s: %d train, %d val, %d test; OOD %s",
-        name,
+        cfg.dataset,
         len(train_idx),
         len(val_idx),
         len(test),
-        {k: len(v) for k, v in ood.items()},
+        {k: len(v) for k, v in data.ood.items()},
     )
-    return PreparedData(name, num_classes(name), train, test, train_idx, val_idx, mean, std, ood)
+    return data
+
+
+def _read_folder(
+    cfg: DataConfig, options: FolderOptions
+) -> tuple[list[str], ImageSet, ImageSet, np.ndarray | None]:
+    """A folder's class names, training pool, test split and, if it has ``val/``, the pool
+    indices of those images (``None``: split validation off the pool as other datasets)."""
+    root = Path(cfg.root)
+    layout = scan_folder(root)
+    names = layout.class_names
+    if "all" in layout.files:
+        images, labels = load_split(layout.files["all"], options, root, "decoding")
+        check_class_sizes(labels, names, root)
+        pool_idx, test_idx = stratified_split(labels, cfg.test_fraction, cfg.seed)
+        pool = ImageSet(images[pool_idx], labels[pool_idx])
+        return names, pool, ImageSet(images[test_idx], labels[test_idx]), None
+    sets = {
+        split: ImageSet(*load_split(files, options, root / split, f"decoding {split}"))
+        for split, files in layout.files.items()
+    }
+    for split, images in sets.items():
+        if len(images) == 0:
+            raise DataError(f"{root / split} holds no readable image")
+    train = sets["train"]
+    if "val" not in sets:
+        return names, train, sets["test"], None
+    val = sets["val"]
+    pool = ImageSet(
+        np.concatenate([train.images, val.images]), np.concatenate([train.labels, val.labels])
+    )
+    return names, pool, sets["test"], np.arange(len(train), len(pool), dtype=np.int64)
 
 
 def _save_npz(dest: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -129,31 +210,35 @@ def _save_npz(dest: Path, arrays: dict[str, np.ndarray]) -> None:
         np.savez(fh, **arrays)
 
 
-def save_prepared(data: PreparedData, out_dir: Path) -> None:
-    """Write ``id.npz``, ``split.npz``, ``ood.npz`` and ``meta.json`` into ``out_dir``.
+def _save_npy(dest: Path, array: np.ndarray) -> None:
+    with atomic_path(dest) as tmp, tmp.open("wb") as fh:
+        np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
 
-    ``meta.json`` is written last, so its presence means the other files are complete.
+
+def save_prepared(data: PreparedData, out_dir: Path) -> None:
+    """Write the images as ``x_train.npy``/``x_test.npy``, then ``labels.npz``, ``split.npz``,
+    ``ood.npz`` and ``meta.json`` into ``out_dir``.
+
+    The images are plain ``.npy`` files so that :func:`load_prepared` can map them instead of
+    reading them (a dataset larger than memory). ``meta.json`` is written last, so its presence
+    means the other files are complete.
 
     Args:
         data: What to save.
         out_dir: Destination folder, created if needed.
     """
     out_dir = Path(out_dir)
-    _save_npz(
-        out_dir / "id.npz",
-        {
-            "x_train": data.train.images,
-            "y_train": data.train.labels,
-            "x_test": data.test.images,
-            "y_test": data.test.labels,
-        },
-    )
+    _save_npy(out_dir / "x_train.npy", data.train.images)
+    _save_npy(out_dir / "x_test.npy", data.test.images)
+    _save_npz(out_dir / "labels.npz", {"y_train": data.train.labels, "y_test": data.test.labels})
     _save_npz(out_dir / "split.npz", {"train_idx": data.train_idx, "val_idx": data.val_idx})
     _save_npz(out_dir / "ood.npz", data.ood)
     meta = {
         "dataset": data.dataset,
         "num_classes": data.num_classes,
+        "class_names": list(data.class_names),
         "image_shape": list(data.image_shape),
+        "resize": data.resize,
         "mean": data.mean,
         "std": data.std,
         "sizes": {
@@ -179,11 +264,20 @@ def _load_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
         raise DataError(f"cannot read {path}: {exc}") from exc
 
 
-def load_prepared(out_dir: Path) -> PreparedData:
+def _load_npy(path: Path, mmap: bool) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from exc
+
+
+def load_prepared(out_dir: Path, *, mmap: bool = False) -> PreparedData:
     """Read what :func:`save_prepared` wrote.
 
     Args:
         out_dir: Folder holding the prepared files.
+        mmap: Map the image files read-only instead of reading them: pages are read when
+            touched, so a dataset larger than memory can be trained on batch by batch.
 
     Returns:
         The prepared data.
@@ -198,21 +292,24 @@ def load_prepared(out_dir: Path) -> PreparedData:
     with (out_dir / "meta.json").open(encoding="utf-8") as fh:
         meta = json.load(fh)
     try:
-        dataset, n_classes = meta["dataset"], int(meta["num_classes"])
+        dataset, names, resize = meta["dataset"], meta["class_names"], meta["resize"]
         mean, std, ood_names = meta["mean"], meta["std"], meta["ood_names"]
     except KeyError as exc:
-        raise DataError(f"{out_dir / 'meta.json'} lacks key {exc}") from exc
-    ids = _load_npz(out_dir / "id.npz", ("x_train", "y_train", "x_test", "y_test"))
+        raise DataError(
+            f"{out_dir / 'meta.json'} lacks key {exc}; rerun the download stage"
+        ) from exc
+    labels = _load_npz(out_dir / "labels.npz", ("y_train", "y_test"))
     split = _load_npz(out_dir / "split.npz", ("train_idx", "val_idx"))
     ood = _load_npz(out_dir / "ood.npz", ood_names)
     return PreparedData(
         dataset=dataset,
-        num_classes=n_classes,
-        train=ImageSet(ids["x_train"], ids["y_train"]),
-        test=ImageSet(ids["x_test"], ids["y_test"]),
+        class_names=[str(n) for n in names],
+        train=ImageSet(_load_npy(out_dir / "x_train.npy", mmap), labels["y_train"]),
+        test=ImageSet(_load_npy(out_dir / "x_test.npy", mmap), labels["y_test"]),
         train_idx=split["train_idx"],
         val_idx=split["val_idx"],
         mean=[float(m) for m in mean],
         std=[float(s) for s in std],
         ood=ood,
+        resize=str(resize),
     )

@@ -18,21 +18,16 @@ from pipeline.data import (
     save_prepared,
 )
 from pipeline.preprocessing import channel_stats
+from tests.conftest import data_config
 
 
 @pytest.fixture
-def prepared(tmp_path: Path, fake_downloader: Any) -> PreparedData:
+def prepared(tmp_path: Path, fake_downloader: Any, params: dict[str, Any]) -> PreparedData:
     fake_downloader.n_train, fake_downloader.n_test = 100, 30
-    return prepare_data(
-        "cifar10",
-        tmp_path / "raw",
-        val_fraction=0.2,
-        seed=0,
-        ood_names=["digits", "noise"],
-        max_train=50,
-        max_test=20,
-        downloader=fake_downloader,
+    cfg = data_config(
+        params, dataset="cifar10", val_fraction=0.2, seed=0, ood=["digits", "noise"], max_test=20
     )
+    return prepare_data(cfg, tmp_path / "raw", max_train=50, downloader=fake_downloader)
 
 
 def test_prepare_data_caps_splits_and_describes(prepared: PreparedData) -> None:
@@ -47,39 +42,37 @@ def test_prepare_data_caps_splits_and_describes(prepared: PreparedData) -> None:
         assert images.shape == (20, 32, 32, 3) and images.dtype == np.uint8
 
 
-def test_ood_count_overrides_test_size(tmp_path: Path, fake_downloader: Any) -> None:
-    data = prepare_data(
-        "mnist",
-        tmp_path,
-        val_fraction=0.5,
-        seed=0,
-        ood_names=["noise"],
-        max_train=None,
-        downloader=fake_downloader,
-        ood_count=7,
-    )
+def test_ood_count_overrides_test_size(
+    tmp_path: Path, fake_downloader: Any, params: dict[str, Any]
+) -> None:
+    cfg = data_config(params, dataset="mnist", val_fraction=0.5, ood=["noise"], max_test=None)
+    data = prepare_data(cfg, tmp_path, max_train=None, downloader=fake_downloader, ood_count=7)
     assert data.image_shape == (28, 28, 1) and data.ood["noise"].shape == (7, 28, 28, 1)
 
 
-def test_unknown_ood_name_fails_before_fetching(tmp_path: Path, fake_downloader: Any) -> None:
+def test_unknown_ood_name_fails_before_fetching(
+    tmp_path: Path, fake_downloader: Any, params: dict[str, Any]
+) -> None:
+    cfg = data_config(params, dataset="cifar10")
+    object.__setattr__(cfg, "ood", ["bogus"])  # past the config's own check
     with pytest.raises(ValueError, match="bogus"):
-        prepare_data(
-            "cifar10",
-            tmp_path,
-            val_fraction=0.2,
-            seed=0,
-            ood_names=["bogus"],
-            max_train=None,
-            downloader=fake_downloader,
-        )
+        prepare_data(cfg, tmp_path, max_train=None, downloader=fake_downloader)
     assert fake_downloader.calls == []
 
 
 def test_save_load_round_trip(tmp_path: Path, prepared: PreparedData) -> None:
     out = tmp_path / "prepared"
     save_prepared(prepared, out)
-    assert sorted(p.name for p in out.iterdir()) == ["id.npz", "meta.json", "ood.npz", "split.npz"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "labels.npz",
+        "meta.json",
+        "ood.npz",
+        "split.npz",
+        "x_test.npy",
+        "x_train.npy",
+    ]
     loaded = load_prepared(out)
+    assert loaded.class_names == prepared.class_names and loaded.resize == prepared.resize
     assert (loaded.dataset, loaded.num_classes) == (prepared.dataset, prepared.num_classes)
     assert (loaded.mean, loaded.std) == (prepared.mean, prepared.std)
     assert list(loaded.ood) == list(prepared.ood)
@@ -100,12 +93,22 @@ def test_save_load_round_trip(tmp_path: Path, prepared: PreparedData) -> None:
     assert meta["sizes"]["train"] == 40 and meta["sizes"]["ood"] == {"digits": 20, "noise": 20}
 
 
-@pytest.mark.parametrize("victim", ["id.npz", "split.npz", "ood.npz", "meta.json"])
+@pytest.mark.parametrize(
+    "victim", ["x_train.npy", "x_test.npy", "labels.npz", "split.npz", "ood.npz", "meta.json"]
+)
 def test_missing_file_is_named(tmp_path: Path, prepared: PreparedData, victim: str) -> None:
     save_prepared(prepared, tmp_path)
     (tmp_path / victim).unlink()
     with pytest.raises(DataError, match=re.escape(victim)):
         load_prepared(tmp_path)
+
+
+def test_mapped_images_equal_read_ones(tmp_path: Path, prepared: PreparedData) -> None:
+    save_prepared(prepared, tmp_path)
+    mapped = load_prepared(tmp_path, mmap=True)
+    assert isinstance(mapped.train.images, np.memmap)
+    np.testing.assert_array_equal(mapped.train.images, prepared.train.images)
+    np.testing.assert_array_equal(mapped.test.images, prepared.test.images)
 
 
 def test_corrupt_file_is_named(tmp_path: Path, prepared: PreparedData) -> None:

@@ -102,6 +102,7 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
         dataset="quadrants",
         class_names=CLASS_NAMES,
         image_shape=[SIZE, SIZE, 1],
+        resize="resize_shorter_then_center_crop",
         mean=[0.3],
         std=[0.3],
         temperature=1.5,

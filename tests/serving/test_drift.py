@@ -40,8 +40,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.config import read_params
 from pipeline.drift import bin_counts, ks_statistic, psi
+from pipeline.images import fit_image
 from pipeline.model_card import INPUT_NAME, ModelCard, ReferenceConfidence
-from pipeline.preprocessing import channel_stats, match_channels, resize_images, to_model_input
+from pipeline.preprocessing import channel_stats, to_model_input
 from serving.metrics import ServiceMetrics
 from tests.serving.conftest import (
     CLASS_NAMES,
@@ -98,10 +99,15 @@ def noise_images() -> np.ndarray:
     return rng.integers(0, 256, size=(WINDOW, SIZE, SIZE, 1), dtype=np.uint8)
 
 
+def fit_all(images: np.ndarray, card: ModelCard) -> np.ndarray:
+    """Each image fitted to the model as the service fits an uploaded one."""
+    height, width, channels = card.image_shape
+    return np.stack([fit_image(im, (height, width), channels, card.resize) for im in images])
+
+
 def ort_probabilities(path: Path, card: ModelCard, images: np.ndarray) -> np.ndarray:
     """Calibrated probabilities from ONNX Runtime, with the service's preprocessing."""
-    height, width, channels = card.image_shape
-    fitted = match_channels(resize_images(images, (height, width)), channels)
+    fitted = fit_all(images, card)
     session = ort.InferenceSession(str(path), providers=[CPU])
     x = to_model_input(fitted, card.mean, card.std)
     return session.run(["probabilities"], {INPUT_NAME: x})[0]
@@ -136,6 +142,7 @@ def calibrated_model(tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
             dataset="faint_quadrants",
             class_names=CLASS_NAMES,
             image_shape=[SIZE, SIZE, 1],
+            resize="resize_shorter_then_center_crop",
             mean=mean,
             std=std,
             temperature=temperature,
@@ -367,7 +374,7 @@ class Scrape:
         return float(sum(matching))
 
 
-def send_phase(url: str, phase: Phase) -> None:
+def send_phase(url: str, phase: Phase, card: ModelCard) -> None:
     """Send a phase's images: the first SINGLES one by one (concurrently), the rest batched.
 
     The single images go as PNG files at their own size (the service resizes them, e.g. 8x8
@@ -375,7 +382,7 @@ def send_phase(url: str, phase: Phase) -> None:
     here with the same function the service uses.
     """
     singles, rest = phase.images[:SINGLES], phase.images[SINGLES:]
-    rest = resize_images(rest, (SIZE, SIZE))
+    rest = fit_all(rest, card)
 
     async def send_all() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
@@ -429,7 +436,7 @@ def test_service_drift_gauges_and_ood_counter_over_http(
     id_estimate = float("nan")
     for phase in phases(calibrated_model):
         before = Scrape.of(url)
-        send_phase(url, phase)
+        send_phase(url, phase, card)
         after = Scrape.of(url)
         served_psi = after.get("rankcal_window_psi")
         served_ks = after.get("rankcal_window_ks")

@@ -96,7 +96,7 @@ def test_empty_body() -> None:
 def test_bytes_that_are_no_image(data: bytes) -> None:
     err = refused(data)
     assert err.reason == "not_an_image"
-    assert f"({len(data)} bytes)" in str(err)
+    assert f"{len(data)} bytes" in str(err)
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])

@@ -37,6 +37,7 @@ def make_card(edges: list[float] = EDGES, counts: list[int] = REFERENCE) -> Mode
         dataset="toy",
         class_names=CLASSES,
         image_shape=[8, 8, 1],
+        resize="resize_shorter_then_center_crop",
         mean=[0.5],
         std=[0.25],
         temperature=1.5,

@@ -9,8 +9,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from pipeline.images import fit_image
 from pipeline.model_card import INPUT_NAME
-from pipeline.preprocessing import match_channels, resize_images, to_model_input
+from pipeline.preprocessing import to_model_input
 from serving.predictor import CPU, Predictor, entropy, execution_providers, top_k
 from tests.serving.conftest import CLASS_NAMES, SIZE, ExportedModel, quadrant_images
 
@@ -21,9 +22,9 @@ def predictor(exported_model: ExportedModel) -> Predictor:
 
 
 def direct_probabilities(model: ExportedModel, images: np.ndarray) -> np.ndarray:
-    """What evaluation's code path gives: resize, match channels, normalise, run the graph."""
+    """What the data stage's and evaluation's code gives: fit, normalise, run the graph."""
     session = ort.InferenceSession(str(model.path), providers=[CPU])
-    fitted = match_channels(resize_images(images, (SIZE, SIZE)), 1)
+    fitted = np.stack([fit_image(im, (SIZE, SIZE), 1, model.card.resize) for im in images])
     x = to_model_input(fitted, model.card.mean, model.card.std)
     return session.run(["probabilities"], {INPUT_NAME: x})[0]
 

@@ -62,6 +62,7 @@ def exported_registry() -> CollectorRegistry:
         dataset="toy",
         class_names=["cat", "dog"],
         image_shape=[8, 8, 1],
+        resize="resize_shorter_then_center_crop",
         mean=[0.5],
         std=[0.25],
         temperature=1.0,

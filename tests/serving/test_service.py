@@ -29,8 +29,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.config import load_section, read_params
+from pipeline.images import fit_image
 from pipeline.model_card import INPUT_NAME
-from pipeline.preprocessing import match_channels, resize_images, to_model_input
+from pipeline.preprocessing import to_model_input
 from serving.predictor import execution_providers
 from tests.serving.conftest import (
     CLASS_NAMES,
@@ -128,10 +129,11 @@ class Metrics:
 
 
 def offline(model: ExportedModel, images: list[np.ndarray]) -> np.ndarray:
-    """Probabilities from ONNX Runtime directly, with evaluation's preprocessing."""
+    """Probabilities from ONNX Runtime directly, with the data stage's and evaluation's
+    preprocessing."""
     height, width, channels = model.card.image_shape
-    fitted = np.concatenate(
-        [match_channels(resize_images(im[None], (height, width)), channels) for im in images]
+    fitted = np.stack(
+        [fit_image(im, (height, width), channels, model.card.resize) for im in images]
     )
     session = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"])
     x = to_model_input(fitted, model.card.mean, model.card.std)

@@ -1,0 +1,178 @@
+"""Image files to model-sized uint8 arrays: one definition for the data stage and the service.
+
+A photo goes through :func:`read_image` (Pillow decode restricted to :data:`IMAGE_FORMATS`,
+EXIF orientation, transparency composited onto black, grey or RGB) and then :func:`fit_image`
+(Pillow's antialiased resize under a :data:`RESIZE_POLICIES` policy, then the channel
+conversion of :mod:`pipeline.preprocessing`). The folder dataset prepares its images with these
+two calls and the service answers with them, so a photo is preprocessed identically in
+evaluation and in production. Pillow and NumPy only: the serving image has no torch, so
+torchvision's transforms (which do the same on PIL images) are not an option here.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from pipeline.preprocessing import match_channels
+
+# Pillow format names a request or a dataset file may use; every other decoder (~40 in Pillow,
+# some of them rarely exercised: BLP, DDS, PSD, ...) is never reached. The multi-picture JPEG
+# (MPO) many phone cameras write is opened by the JPEG entry.
+IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
+# File extensions Pillow registers for those formats (".jpg", ".jpeg", ".jfif", ".png", ...).
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    ext for ext, fmt in Image.registered_extensions().items() if fmt in (*IMAGE_FORMATS, "MPO")
+)
+RESIZE_POLICIES: tuple[str, ...] = ("resize_shorter_then_center_crop", "stretch")
+# Bilinear as torchvision's Resize on PIL images; Pillow widens the filter support by the
+# reduction factor, so shrinking a 4000-pixel photo to 64 pixels is antialiased.
+_RESAMPLE = Image.Resampling.BILINEAR
+# Pillow modes holding one grey channel (optionally with alpha); everything else becomes RGB.
+_GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"})
+
+
+class ImageReadError(ValueError):
+    """A file that is no readable image, or one refused by a limit.
+
+    Args:
+        message: What was wrong, naming what arrived.
+        reason: Short snake_case label (``empty``, ``not_an_image``, ``too_many_pixels``,
+            ``bad_shape``, ``truncated_image``), used by the service's refusal metric.
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def read_image(data: bytes, *, max_pixels: int) -> np.ndarray:
+    """Decode image bytes into uint8 ``(H, W, C)``, C = 1 (grey) or 3 (colour), upright.
+
+    Grey modes (1, L, I, I;16, F and grey palettes) give one channel, all others three. The EXIF
+    orientation is applied (``ImageOps.exif_transpose``): without it, phone photos arrive
+    sideways. Transparency is composited onto black. Only the first frame of an animation is
+    used. The pixel count is checked on the header, before a pixel is decoded.
+
+    Args:
+        data: The file's bytes, in one of :data:`IMAGE_FORMATS`.
+        max_pixels: Largest ``width * height`` accepted.
+
+    Raises:
+        ImageReadError: For empty bytes, bytes in no accepted format, a truncated or corrupt
+            file, a zero-sized image or one over ``max_pixels``.
+    """
+    if not data:
+        raise ImageReadError("the image is empty (0 bytes)", reason="empty")
+    try:
+        with warnings.catch_warnings():
+            # Pillow's own bomb check warns below its hard limit; treat that as the error it is.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageReadError(f"image too large to decode ({err})", reason="too_many_pixels") from (
+            None
+        )
+    # Decoders raise many exception types on malformed input (UnidentifiedImageError, OSError,
+    # SyntaxError, but also TypeError, RuntimeError, NotImplementedError...): all mean the same.
+    except Exception:
+        raise ImageReadError(
+            f"{len(data)} bytes that are not an image in an accepted format "
+            f"({', '.join(IMAGE_FORMATS)})",
+            reason="not_an_image",
+        ) from None
+    with image:
+        width, height = image.size
+        if width < 1 or height < 1:
+            raise ImageReadError(f"image is {width}x{height}: zero-sized", reason="bad_shape")
+        if width * height > max_pixels:
+            raise ImageReadError(
+                f"image is {width}x{height} = {width * height} pixels, more than the "
+                f"{max_pixels} allowed",
+                reason="too_many_pixels",
+            )
+        try:
+            image.load()
+            upright = ImageOps.exif_transpose(image) or image
+            return _to_array(upright)
+        except Exception as err:  # as above: any decoder failure is a corrupt file
+            raise ImageReadError(
+                f"{image.format} image ({width}x{height}) is truncated or corrupt: {err}",
+                reason="truncated_image",
+            ) from None
+
+
+def _to_array(image: Image.Image) -> np.ndarray:
+    """uint8 (H, W, 1 or 3) from a loaded Pillow image, alpha composited onto black."""
+    grey = image.mode in _GREY_MODES or (image.mode in ("P", "PA") and _palette_is_grey(image))
+    has_alpha = "A" in image.getbands() or "transparency" in image.info
+    if image.mode.startswith("I;16"):
+        # 16-bit grey (e.g. PNG): Pillow's convert("L") would clip, so rescale 0..65535.
+        wide = np.asarray(image, dtype=np.float32)
+        return np.rint(wide / 257.0).astype(np.uint8)[..., None]
+    if has_alpha:
+        rgba = np.asarray(image.convert("LA" if grey else "RGBA"), dtype=np.float32)
+        colour, alpha = rgba[..., :-1], rgba[..., -1:] / 255.0
+        pixels = np.rint(colour * alpha).astype(np.uint8)
+    else:
+        pixels = np.asarray(image.convert("L" if grey else "RGB"), dtype=np.uint8)
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    return np.ascontiguousarray(pixels)
+
+
+def _palette_is_grey(image: Image.Image) -> bool:
+    palette = image.getpalette() or []
+    rgb = np.asarray(palette, dtype=np.int16).reshape(-1, 3)
+    return bool(np.all(rgb == rgb[:, :1]))
+
+
+def check_resize_policy(policy: str) -> None:
+    """Raise ValueError unless ``policy`` is one of :data:`RESIZE_POLICIES`."""
+    if policy not in RESIZE_POLICIES:
+        raise ValueError(f"resize policy must be one of {list(RESIZE_POLICIES)}, got {policy!r}")
+
+
+def fit_image(pixels: np.ndarray, size: tuple[int, int], channels: int, policy: str) -> np.ndarray:
+    """Bring a uint8 ``(h, w, 1 or 3)`` image to ``(height, width, channels)``.
+
+    ``resize_shorter_then_center_crop`` scales the image so it covers ``size`` and crops the
+    centre (``ImageOps.fit``: the aspect ratio is kept, the borders of the longer side are
+    lost); ``stretch`` resizes to ``size`` whatever the aspect ratio. Both use Pillow's
+    antialiased bilinear filter. The channel conversion comes after the resize (cheaper on a
+    large photo) and is :func:`pipeline.preprocessing.match_channels`: grey to RGB repeats,
+    RGB to grey is ITU-R 601 luma.
+
+    Args:
+        pixels: The image, e.g. from :func:`read_image`.
+        size: Target ``(height, width)``.
+        channels: Target channels, 1 or 3.
+        policy: One of :data:`RESIZE_POLICIES`.
+
+    Returns:
+        uint8 ``(height, width, channels)``.
+    """
+    check_resize_policy(policy)
+    if pixels.ndim != 3 or pixels.shape[2] not in (1, 3) or pixels.dtype != np.uint8:
+        raise ValueError(f"expected uint8 (H, W, 1 or 3), got {pixels.dtype} {pixels.shape}")
+    height, width = size
+    if height < 1 or width < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    if pixels.shape[:2] != (height, width):
+        image = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
+        if policy == "stretch":
+            image = image.resize((width, height), _RESAMPLE)
+        else:
+            image = ImageOps.fit(image, (width, height), method=_RESAMPLE)
+        pixels = np.asarray(image, dtype=np.uint8).reshape(height, width, -1)
+    return match_channels(pixels[None], channels)[0]
+
+
+def load_image(
+    data: bytes, *, size: tuple[int, int], channels: int, policy: str, max_pixels: int
+) -> np.ndarray:
+    """:func:`read_image` then :func:`fit_image`: image bytes to model-sized uint8 pixels."""
+    return fit_image(read_image(data, max_pixels=max_pixels), size, channels, policy)

@@ -1,0 +1,123 @@
+"""Image files to model-sized pixels (pipeline/images.py): formats, EXIF, resize policies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.images import (
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    fit_image,
+    load_image,
+    read_image,
+)
+from tests.image_folder import encode, rotated_jpeg
+
+MAX_PIXELS = 1 << 20
+CROP = "resize_shorter_then_center_crop"
+
+
+def test_exif_orientation_is_applied() -> None:
+    # Left half white, right half black, 24 high and 40 wide; stored rotated with EXIF 6.
+    upright = np.zeros((24, 40, 3), np.uint8)
+    upright[:, :20] = 255
+    out = read_image(rotated_jpeg(upright), max_pixels=MAX_PIXELS)
+    assert out.shape == (24, 40, 3)
+    assert out[:, :16].mean() > 240 and out[:, 24:].mean() < 15
+
+
+def test_formats_outside_the_list_are_refused() -> None:
+    pixels = np.full((8, 8, 3), 100, np.uint8)
+    for fmt in ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"):
+        assert read_image(encode(pixels, fmt), max_pixels=MAX_PIXELS).shape[:2] == (8, 8)
+    for fmt in ("PPM", "TGA", "ICO"):  # Pillow decodes them, the service does not
+        with pytest.raises(ImageReadError) as info:
+            read_image(encode(pixels, fmt), max_pixels=MAX_PIXELS)
+        assert info.value.reason == "not_an_image"
+
+
+def test_image_extensions_follow_the_formats() -> None:
+    assert {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".webp"} <= IMAGE_EXTENSIONS
+    assert not {".txt", ".ppm", ".ico", ".json"} & IMAGE_EXTENSIONS
+
+
+def test_stretch_resizes_to_the_exact_size() -> None:
+    pixels = np.zeros((10, 40, 3), np.uint8)
+    pixels[:, 20:] = 200
+    out = fit_image(pixels, (8, 8), 3, "stretch")
+    assert out.shape == (8, 8, 3)
+    # The aspect ratio is not kept: the left half (black) still covers the left half.
+    assert out[:, :3].max() == 0 and out[:, 5:].min() == 200
+
+
+def test_center_crop_keeps_the_middle_of_the_longer_side() -> None:
+    # 10 high, 30 wide: the centre 10x10 is kept, the outer thirds (white) are cut off.
+    pixels = np.full((10, 30, 1), 255, np.uint8)
+    pixels[:, 10:20] = 0
+    out = fit_image(pixels, (5, 5), 1, CROP)
+    assert out.shape == (5, 5, 1)
+    # The filter's support reaches a little past the crop box, so the border columns are not
+    # quite black (Pillow resamples the box from the whole image, as it should).
+    np.testing.assert_array_equal(out[:, 1:4], 0)
+    assert out.max() < 64
+
+
+def test_shrinking_is_antialiased() -> None:
+    # A 1-pixel checkerboard shrunk 8x: antialiasing averages it to mid-grey; plain bilinear
+    # sampling without antialiasing would return 0s and 255s.
+    board = ((np.indices((64, 64)).sum(0) % 2) * 255).astype(np.uint8)[..., None]
+    out = fit_image(board, (8, 8), 1, "stretch").astype(int)
+    assert np.all(np.abs(out - 128) <= 2)
+
+
+def test_channels_are_converted_after_resizing() -> None:
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[..., 0] = 200  # luma 0.299 * 200 = 59.8
+    assert fit_image(rgb, (4, 4), 1, CROP).tolist() == [[[60]] * 4] * 4
+    grey = np.full((4, 4, 1), 77, np.uint8)
+    np.testing.assert_array_equal(fit_image(grey, (2, 2), 3, CROP), 77)
+
+
+def test_already_sized_images_pass_through_unchanged() -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(fit_image(pixels, (6, 6), 3, CROP), pixels)
+
+
+def test_load_image_is_read_then_fit() -> None:
+    pixels = np.random.default_rng(1).integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    data = encode(pixels, "PNG")
+    want = fit_image(read_image(data, max_pixels=MAX_PIXELS), (12, 16), 3, CROP)
+    got = load_image(data, size=(12, 16), channels=3, policy=CROP, max_pixels=MAX_PIXELS)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    ("pixels", "size", "policy", "message"),
+    [
+        (np.zeros((4, 4, 2), np.uint8), (2, 2), CROP, "expected uint8"),
+        (np.zeros((4, 4, 3), np.float32), (2, 2), CROP, "expected uint8"),
+        (np.zeros((4, 4, 3), np.uint8), (0, 2), CROP, "size must be positive"),
+        (np.zeros((4, 4, 3), np.uint8), (2, 2), "squash", "resize policy"),
+    ],
+)
+def test_bad_arguments_are_named(
+    pixels: np.ndarray, size: tuple[int, int], policy: str, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        fit_image(pixels, size, 3, policy)
+
+
+def test_a_decoder_raising_an_unusual_exception_is_a_refusal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Pillow's decoders raise TypeError, RuntimeError, NotImplementedError on some files.
+    def explode(self: Image.Image) -> None:
+        raise NotImplementedError("decoder not implemented")
+
+    data = encode(np.zeros((4, 4, 3), np.uint8), "PNG")
+    monkeypatch.setattr(Image.Image, "load", explode)
+    with pytest.raises(ImageReadError) as info:
+        read_image(data, max_pixels=MAX_PIXELS)
+    assert info.value.reason == "truncated_image"
