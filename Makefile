@@ -11,7 +11,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: setup system-data repro repro-cifar10 test lint bench-train bench-serve study
+.PHONY: setup system-data repro repro-cifar10 test lint bench-train bench-serve bench-folder study
 
 setup: $(STAMP) system-data
 
@@ -44,6 +44,11 @@ lint: setup
 
 bench-train: setup
 	$(BIN)/python bench/train_step.py
+
+# Your-own-images throughput (docs/benchmarks.md): folder preparation with 1 and 2 processes,
+# training images/s of tv:resnet18 at 64x64 against small_cnn at 28x28. About 2 minutes.
+bench-folder: setup
+	$(BIN)/python bench/folder.py
 
 # Serving speed (docs/benchmarks.md); needs models/model.onnx (make repro). About 3 minutes.
 bench-serve: setup

@@ -50,8 +50,12 @@ def load_model(path: Path) -> tuple[MixableNet, dict[str, Any]]:
     """Rebuild the model saved in ``path`` in eval mode, with its metadata."""
     ckpt = load_checkpoint(path)
     meta = ckpt["meta"]
+    # The weights come from the checkpoint: a pretrained backbone must not download again.
     model = build_model(
-        meta["arch"], num_classes=meta["num_classes"], in_channels=meta["image_shape"][2]
+        meta["arch"],
+        num_classes=meta["num_classes"],
+        in_channels=meta["image_shape"][2],
+        pretrained=False,
     )
     model.load_state_dict(ckpt["model"])
     return model.eval(), meta

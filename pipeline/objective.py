@@ -18,11 +18,17 @@ def mix_layer(model: MixableNet, cfg: LossConfig) -> int:
     """Where mixing happens: the input for Mixup/CutMix, a hidden layer for Manifold Mixup."""
     if cfg.mixing != "manifold":
         return 0
+    if model.num_mix_layers == 1:
+        raise ValueError(
+            f"model.arch {model.arch!r} does not support Manifold Mixup: its forward pass has no "
+            f"known split into hidden layers, so only the input can be mixed; set loss.mixing "
+            f"to mixup or cutmix"
+        )
     layer = model.default_manifold_layer if cfg.manifold_layer is None else cfg.manifold_layer
     if not 0 <= layer < model.num_mix_layers:
         raise ValueError(
-            f"loss.manifold_layer must be in [0, {model.num_mix_layers - 1}] for this model, "
-            f"got {layer}"
+            f"loss.manifold_layer must be in [0, {model.num_mix_layers - 1}] for model.arch "
+            f"{model.arch!r}, got {layer}"
         )
     return layer
 

@@ -31,7 +31,9 @@ class InputError(ValueError):
         self.status = status
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
+def decode_image(
+    data: bytes, *, max_pixels: int, draft_for: tuple[int, int] | None = None
+) -> np.ndarray:
     """Decode an uploaded image into uint8 ``(H, W, C)`` with C = 1 (grey) or 3 (colour).
 
     :func:`pipeline.images.read_image` (the data stage's decoder: accepted formats, EXIF
@@ -40,6 +42,8 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
     Args:
         data: The file's bytes (one of :data:`pipeline.images.IMAGE_FORMATS`).
         max_pixels: Largest ``width * height`` accepted, checked on the header before decoding.
+        draft_for: The model's ``(height, width)``: a JPEG is decoded at the reduced scale the
+            data stage decoded its images at (see :func:`pipeline.images.read_image`).
 
     Raises:
         InputError: For an empty body, bytes that are no image, a truncated or corrupt file, a
@@ -50,7 +54,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
             "the request body is empty: send the image file's bytes", reason="empty_body"
         )
     try:
-        return read_image(data, max_pixels=max_pixels)
+        return read_image(data, max_pixels=max_pixels, draft_for=draft_for)
     except ImageReadError as err:
         hint = " (serve.max_image_pixels)" if err.reason == "too_many_pixels" else ""
         raise InputError(f"the body is refused: {err}{hint}", reason=err.reason) from None

@@ -23,6 +23,7 @@ from typing import Annotated, Any
 
 import bentoml
 import numpy as np
+from bentoml.exceptions import BentoMLException
 from bentoml.validators import ContentType
 from pydantic import AfterValidator, BaseModel, BeforeValidator
 from pydantic_core import PydanticCustomError
@@ -78,10 +79,20 @@ class BatchPrediction(BaseModel):
     predictions: list[Prediction]
 
 
+def _model_size() -> tuple[int, int] | None:
+    """The served model's ``(height, width)``: a JPEG is decoded at the scale the data stage
+    decoded its images at. ``None`` (full size) only outside a started service."""
+    try:
+        height, width, _ = bentoml.get_current_service().predictor.image_shape
+    except BentoMLException:
+        return None
+    return height, width
+
+
 def _decode_upload(data: bytes) -> list[np.ndarray]:
     """Decode one uploaded file into a one-item list: BentoML batches requests by joining lists."""
     try:
-        return [decode_image(data, max_pixels=SERVE.max_image_pixels)]
+        return [decode_image(data, max_pixels=SERVE.max_image_pixels, draft_for=_model_size())]
     except InputError as err:
         raise PydanticCustomError(err.reason, "{message}", {"message": str(err)}) from None
 

@@ -28,6 +28,25 @@ def test_exif_orientation_is_applied() -> None:
     assert out[:, :16].mean() > 240 and out[:, 24:].mean() < 15
 
 
+def test_a_large_jpeg_is_drafted_for_the_target_size() -> None:
+    photo = np.random.default_rng(0).integers(0, 256, (1200, 1600, 3), dtype=np.uint8)
+    data = encode(photo, "JPEG", quality=90)
+    assert read_image(data, max_pixels=1 << 24).shape == (1200, 1600, 3)
+    # Target 64x48: no side below 2 * 64 = 128, so libjpeg's 1/8 scale (150x200) is the pick.
+    assert read_image(data, max_pixels=1 << 24, draft_for=(64, 48)).shape == (150, 200, 3)
+    # PNG has no draft mode: full size whatever the target.
+    png = encode(photo[:300, :400], "PNG")
+    assert read_image(png, max_pixels=1 << 24, draft_for=(8, 8)).shape == (300, 400, 3)
+
+
+def test_a_drafted_rotated_jpeg_is_still_upright() -> None:
+    upright = np.zeros((480, 800, 3), np.uint8)
+    upright[:, :400] = 255
+    out = read_image(rotated_jpeg(upright), max_pixels=1 << 24, draft_for=(16, 16))
+    assert out.shape == (60, 100, 3)
+    assert out[:, :45].mean() > 240 and out[:, 55:].mean() < 15
+
+
 def test_formats_outside_the_list_are_refused() -> None:
     pixels = np.full((8, 8, 3), 100, np.uint8)
     for fmt in ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"):

@@ -95,11 +95,13 @@ def test_dvc_repro_runs_then_reports_nothing_changed(project: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("arch", ["small_cnn", "tv:resnet18"])
 def test_dvc_repro_on_an_image_folder_then_the_service_names_its_classes(
-    project: Path, tmp_path: Path
+    project: Path, tmp_path: Path, arch: str
 ) -> None:
-    """A user's folder through download, train, evaluate and export, then the real service."""
-    make_image_folder(project / "images", per_class=16)
+    """A user's folder through download, train, evaluate and export, then the real service;
+    with our own network and with a torchvision backbone (from scratch: no network here)."""
+    make_image_folder(project / "images", per_class=24)
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["data"].update(
         dataset="folder",
@@ -112,7 +114,8 @@ def test_dvc_repro_on_an_image_folder_then_the_service_names_its_classes(
         max_train=None,
         max_test=None,
     )
-    params["train"].update(epochs=8, batch_size=8, lr=0.05)
+    params["model"].update(arch=arch, pretrained=False)
+    params["train"].update(epochs=8, batch_size=8, lr=0.05, backbone_lr_scale=0.5)
     params["evaluate"].update(shift_images=None)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["dvc", "repro"], project)
@@ -121,7 +124,7 @@ def test_dvc_repro_on_an_image_folder_then_the_service_names_its_classes(
     assert card["resize"] == "resize_shorter_then_center_crop"
     assert (project / "models" / "model.onnx").is_file()
     export = json.loads((project / "metrics" / "export.json").read_text())
-    assert export["accuracy_onnx"] > 90  # three colours: a few epochs separate them
+    assert export["accuracy_onnx"] >= 80  # chance is 33%: three colours are easy to learn
 
     # The folder is a dependency: one more image reruns the pipeline from the data stage.
     (project / "images" / "dog" / "extra.png").write_bytes(

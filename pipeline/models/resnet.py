@@ -1,4 +1,4 @@
-"""CIFAR-style ResNets (3x3 stride-1 stem, no max-pool) as :class:`MixableNet` segments.
+"""CIFAR-style ResNets (3x3 stride-1 stem, no max-pool) as :class:`SegmentedNet` segments.
 
 References:
     He et al. 2016, "Deep Residual Learning for Image Recognition".
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.models.base import ClassifierHead, MixableNet, init_weights
+from pipeline.models.base import ClassifierHead, MixableNet, SegmentedNet, init_weights
 
 STAGE_WIDTHS: tuple[int, ...] = (64, 128, 256, 512)
 STAGE_STRIDES: tuple[int, ...] = (1, 2, 2, 2)
@@ -142,7 +142,9 @@ def resnet(
             in_planes = planes * block.expansion
         stages.append(nn.Sequential(*layers))
     stages[0] = nn.Sequential(stem, stages[0])
-    model = MixableNet([*stages, ClassifierHead(in_planes, num_classes)], default_manifold_layer=4)
+    model = SegmentedNet(
+        [*stages, ClassifierHead(in_planes, num_classes)], default_manifold_layer=4
+    )
     init_weights(model)
     return model
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from pipeline.models.base import ClassifierHead, MixableNet, init_weights
+from pipeline.models.base import ClassifierHead, MixableNet, SegmentedNet, init_weights
 
 WIDTHS: tuple[int, int, int] = (16, 32, 64)
 HEAD_GRID = 3
@@ -55,7 +55,7 @@ def small_cnn(*, num_classes: int, in_channels: int) -> MixableNet:
     block1 = nn.Sequential(*_conv_bn_relu(in_channels, w1, pool=True))
     block2 = nn.Sequential(*_conv_bn_relu(w1, w2), *_conv_bn_relu(w2, w2, pool=True))
     block3 = nn.Sequential(*_conv_bn_relu(w2, w3))
-    model = MixableNet(
+    model = SegmentedNet(
         [block1, block2, block3, ClassifierHead(w3, num_classes, grid=HEAD_GRID)],
         default_manifold_layer=2,
     )

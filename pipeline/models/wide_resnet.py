@@ -1,4 +1,4 @@
-"""Pre-activation Wide ResNets as :class:`MixableNet` segments.
+"""Pre-activation Wide ResNets as :class:`SegmentedNet` segments.
 
 References:
     Zagoruyko & Komodakis 2016, "Wide Residual Networks".
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.models.base import MixableNet, init_weights
+from pipeline.models.base import MixableNet, SegmentedNet, init_weights
 
 BASE_WIDTHS: tuple[int, ...] = (16, 32, 64)
 STAGE_STRIDES: tuple[int, ...] = (1, 2, 2)
@@ -116,7 +116,7 @@ def wide_resnet(
         nn.Flatten(),
         nn.Linear(in_planes, num_classes),
     )
-    model = MixableNet([*stages, head], default_manifold_layer=3)
+    model = SegmentedNet([*stages, head], default_manifold_layer=3)
     init_weights(model)
     return model
 

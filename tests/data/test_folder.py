@@ -174,19 +174,20 @@ def test_parallel_decoding_equals_serial(photos: Path) -> None:
     assert [p for p, _ in failed] == [p for p, _ in failed_too] == [photos / "cat" / "broken.png"]
 
 
+@pytest.mark.parametrize("size", [(600, 800), (20, 20)])
 def test_the_service_fits_a_photo_as_the_data_stage_did(
-    photos: Path, params: dict[str, Any], tmp_path: Path
+    params: dict[str, Any], tmp_path: Path, size: tuple[int, int]
 ) -> None:
-    # The data stage's pixels of a file equal the service's for the same bytes: read_image in
-    # the request, fit_image under the card's policy in Predictor.conform.
-    cfg = folder_config(params, photos, image_size=[12, 20], channels=1)
-    path = photos / "dog" / "dog_01.jpg"
-    stage = load_image(
-        path.read_bytes(), size=(12, 20), channels=1, policy=cfg.resize, max_pixels=1 << 24
-    )
+    # The data stage's pixels of a file equal the service's for the same bytes: decode_image
+    # (drafting a JPEG for the model's size) in the request, fit_image under the card's policy
+    # in Predictor.conform. The large photo is decoded at 1/8 scale by both.
+    data = encode(class_image(CLASS_COLOURS["dog"], size, 3), "JPEG", quality=90)
+    policy = params["data"]["resize"]
+    stage = load_image(data, size=(12, 20), channels=1, policy=policy, max_pixels=1 << 24)
     predictor = Predictor.__new__(Predictor)  # only conform(), which needs the card's fields
-    predictor.card = type("Card", (), {"image_shape": [12, 20, 1], "resize": cfg.resize})()
-    served = predictor.conform([decode_image(path.read_bytes(), max_pixels=1 << 24)])
+    predictor.card = type("Card", (), {"image_shape": [12, 20, 1], "resize": policy})()
+    decoded = decode_image(data, max_pixels=1 << 24, draft_for=(12, 20))
+    served = predictor.conform([decoded])
     np.testing.assert_array_equal(served[0], stage)
 
 
