@@ -107,27 +107,33 @@ def to_model_input(images: np.ndarray, mean: Sequence[float], std: Sequence[floa
     return np.ascontiguousarray(normalised.transpose(0, 3, 1, 2))
 
 
-def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+def channel_stats(
+    images: np.ndarray, indices: np.ndarray | None = None
+) -> tuple[list[float], list[float]]:
     """Per-channel mean and (population) standard deviation on the [0, 1] scale.
 
     Args:
-        images: uint8 array (N, H, W, C) with N > 0.
+        images: uint8 array (N, H, W, C) with N > 0; may be a memory-mapped file.
+        indices: The images to describe (e.g. the training split); ``None`` for all. They are
+            gathered a chunk at a time, so a mapped dataset is never read into memory whole.
 
     Returns:
         ``(mean, std)``, each a list of C floats.
     """
     _require_nhwc(images, "channel_stats")
-    if images.size == 0:
+    rows = np.arange(len(images)) if indices is None else np.asarray(indices)
+    if len(rows) == 0 or images[:1].size == 0:
         raise ValueError(f"channel_stats needs at least one pixel, got shape {images.shape}")
     channels = images.shape[3]
     total = np.zeros(channels, dtype=np.float64)
     total_sq = np.zeros(channels, dtype=np.float64)
     # Chunked float64 accumulation: a whole CIFAR train set in float64 would need gigabytes.
-    for start in range(0, len(images), _CHUNK):
-        chunk = images[start : start + _CHUNK].reshape(-1, channels).astype(np.float64) / 255.0
+    for start in range(0, len(rows), _CHUNK):
+        picked = np.sort(rows[start : start + _CHUNK])  # in file order for a mapped array
+        chunk = images[picked].reshape(-1, channels).astype(np.float64) / 255.0
         total += chunk.sum(axis=0)
         total_sq += np.square(chunk).sum(axis=0)
-    count = images.size // channels
+    count = len(rows) * images[:1].size // channels
     mean = total / count
     var = np.maximum(total_sq / count - np.square(mean), 0.0)
     return [float(m) for m in mean], [float(s) for s in np.sqrt(var)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 from pipeline.config import ConfigError, DataConfig, load_section
@@ -16,13 +17,16 @@ from stages.common import parser, setup
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
-def prepare(cfg: DataConfig, args: argparse.Namespace, max_train: int | None) -> PreparedData:
+def prepare(
+    cfg: DataConfig, args: argparse.Namespace, max_train: int | None, scratch: Path | None = None
+) -> PreparedData:
     """Prepare the ``data`` section's dataset from ``--raw``, ``--system-dir``, ``--checksums``
-    (built-in datasets) or ``data.root`` (a folder)."""
+    (built-in datasets) or ``data.root`` (a folder, decoded into ``scratch`` if given)."""
     return prepare_data(
         cfg,
         args.raw,
         max_train=max_train,
+        scratch=scratch,
         system_dir=args.system_dir,
         checksums={"fashion_mnist": load_checksums(args.checksums)},
     )
@@ -45,13 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     add_source_args(p)
     p.add_argument("--out", type=Path, default=Path("data/prepared"), help="prepared data")
     args = p.parse_args(argv)
-    try:
-        cfg: DataConfig = load_section(setup(args), "data")
-        data = prepare(cfg, args, max_train=cfg.max_train)
-    except (ConfigError, DataError) as err:
-        print(f"download: {err}", file=sys.stderr)
-        return 2
-    save_prepared(data, args.out)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    # A folder is decoded into mapped files here, not into memory; removed however we leave.
+    with tempfile.TemporaryDirectory(prefix=".decoding-", dir=args.out.parent) as scratch:
+        try:
+            cfg: DataConfig = load_section(setup(args), "data")
+            data = prepare(cfg, args, max_train=cfg.max_train, scratch=Path(scratch))
+        except (ConfigError, DataError) as err:
+            print(f"download: {err}", file=sys.stderr)
+            return 2
+        save_prepared(data, args.out)
     args.raw.mkdir(parents=True, exist_ok=True)  # a DVC output, even when nothing was downloaded
     return 0
 

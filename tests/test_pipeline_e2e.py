@@ -119,6 +119,7 @@ def test_dvc_repro_on_an_image_folder_then_the_service_names_its_classes(
     params["evaluate"].update(shift_images=None)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["dvc", "repro"], project)
+    assert not list((project / "data").glob(".decoding-*"))  # the scratch files are gone
     card = json.loads((project / "models" / "calibration.json").read_text())
     assert card["class_names"] == ["cat", "dog", "fox"] and card["image_shape"] == [16, 16, 3]
     assert card["resize"] == "resize_shorter_then_center_crop"

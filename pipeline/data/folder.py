@@ -160,8 +160,20 @@ def _decode(path: Path, options: FolderOptions) -> np.ndarray | str:
         return str(err)
 
 
+def allocate(count: int, options: FolderOptions, file: Path | None = None) -> np.ndarray:
+    """Room for ``count`` fitted images: in memory, or a ``.npy`` file mapped at ``file``."""
+    shape = (count, *options.image_size, options.channels)
+    if file is None:
+        return np.empty(shape, dtype=np.uint8)
+    return np.lib.format.open_memmap(file, mode="w+", dtype=np.uint8, shape=shape)
+
+
 def read_images(
-    paths: Sequence[Path], options: FolderOptions, *, desc: str = "decoding"
+    paths: Sequence[Path],
+    options: FolderOptions,
+    *,
+    desc: str = "decoding",
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[tuple[Path, str]]]:
     """Decode and fit ``paths`` in parallel, with a progress bar.
 
@@ -169,13 +181,15 @@ def read_images(
         paths: Image files.
         options: Size, channels, resize policy, error policy and process count.
         desc: Progress bar label.
+        out: Where to write, ``(len(paths), H, W, C)`` uint8 (e.g. from :func:`allocate`, a
+            mapped file for a dataset larger than memory); a new array when ``None``.
 
     Returns:
-        ``(images, failures)``: uint8 ``(N, H, W, C)`` of the readable files in ``paths`` order,
-        and ``(path, reason)`` for each unreadable one. ``on_error`` is the caller's to apply.
+        ``(images, failures)``: the first rows of ``out``, holding the readable files in
+        ``paths`` order, and ``(path, reason)`` for each unreadable one. ``on_error`` is the
+        caller's to apply.
     """
-    height, width = options.image_size
-    images = np.empty((len(paths), height, width, options.channels), dtype=np.uint8)
+    images = allocate(len(paths), options) if out is None else out
     failures: list[tuple[Path, str]] = []
     kept = 0
     workers = options.workers or os.cpu_count() or 1
@@ -209,27 +223,33 @@ def describe_failures(failures: Sequence[tuple[Path, str]], root: Path) -> str:
 
 
 def load_split(
-    files: Sequence[tuple[Path, int]], options: FolderOptions, root: Path, desc: str
-) -> tuple[np.ndarray, np.ndarray]:
+    files: Sequence[tuple[Path, int]],
+    options: FolderOptions,
+    root: Path,
+    desc: str,
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Decode one split's files; apply ``options.on_error`` to the unreadable ones.
 
     Returns:
-        ``(images, labels)``: uint8 ``(N, H, W, C)`` and int64 ``(N,)``.
+        ``(images, labels, readable)``: uint8 ``(N, H, W, C)`` and int64 ``(N,)`` of the
+        readable files, and a bool mask over ``files`` of which those are.
 
     Raises:
         DataError: With ``on_error: error``, if any file is unreadable (naming the first few
             and the count).
     """
     paths = [path for path, _ in files]
-    images, failures = read_images(paths, options, desc=desc)
+    images, failures = read_images(paths, options, desc=desc, out=out)
     message = describe_failures(failures, root) if failures else ""
     if failures and options.on_error == "error":
         raise DataError(f"{message}. Fix or remove them, or set data.on_error: skip")
     if failures:
         logger.warning("skipping %s", message)
     bad = {path for path, _ in failures}
-    labels = np.array([label for path, label in files if path not in bad], dtype=np.int64)
-    return images, labels
+    readable = np.array([path not in bad for path, _ in files], dtype=bool)
+    labels = np.array([label for _, label in files], dtype=np.int64)[readable]
+    return images, labels, readable
 
 
 def check_class_sizes(labels: np.ndarray, class_names: Sequence[str], where: Path) -> None:
@@ -257,5 +277,4 @@ def read_image_tree(root: Path, options: FolderOptions) -> np.ndarray:
     if not paths:
         kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise DataError(f"OOD folder {root} holds no image file ({kinds})")
-    images, _ = load_split([(p, 0) for p in paths], options, root, desc=f"OOD {root.name}")
-    return images
+    return load_split([(p, 0) for p in paths], options, root, desc=f"OOD {root.name}")[0]

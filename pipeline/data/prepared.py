@@ -15,13 +15,8 @@ from pipeline.config import FOLDER, FOLDER_OOD_PREFIX, DataConfig
 from pipeline.data.classes import class_names
 from pipeline.data.download import Checksums, Downloader, fetch_dataset
 from pipeline.data.errors import DataError
-from pipeline.data.folder import (
-    FolderOptions,
-    check_class_sizes,
-    load_split,
-    read_image_tree,
-    scan_folder,
-)
+from pipeline.data.folder import FolderOptions, read_image_tree
+from pipeline.data.folder_split import SplitRule, split_folder
 from pipeline.data.ood import OOD_NAMES, load_ood
 from pipeline.data.readers import ImageSet, load_id_dataset, num_classes
 from pipeline.data.split import stratified_split, stratified_subset
@@ -93,6 +88,7 @@ def prepare_data(
     checksums: Checksums | None = None,
     downloader: Downloader | None = None,
     ood_count: int | None = None,
+    scratch: Path | None = None,
 ) -> PreparedData:
     """Fetch or read, cap, split and describe the ``data`` section's dataset, with its OOD sets.
 
@@ -108,6 +104,9 @@ def prepare_data(
         checksums: Passed to :func:`fetch_dataset`.
         downloader: Passed to :func:`fetch_dataset` and :func:`load_ood`.
         ood_count: Images per OOD set; defaults to the test-set size.
+        scratch: A folder dataset's images are decoded into mapped files here instead of into
+            memory (see :func:`pipeline.data.folder_split.split_folder`); they must outlive
+            the returned data until :func:`save_prepared` has written it.
 
     Returns:
         The prepared data.
@@ -121,25 +120,30 @@ def prepare_data(
         workers=cfg.workers,
     )
     if cfg.dataset == FOLDER:
-        class_list, train, test, split = _read_folder(cfg, options)
+        rule = SplitRule(cfg.test_fraction, cfg.seed, max_train, cfg.max_test)
+        splits = split_folder(Path(cfg.root), options, rule, scratch)
+        class_list, train, test, split = (
+            splits.class_names,
+            splits.pool,
+            splits.test,
+            splits.val_idx,
+        )
     else:
         folder = fetch_dataset(
             cfg.dataset, raw_dir, system_dir=system_dir, checksums=checksums, downloader=downloader
         )
         train, test = load_id_dataset(cfg.dataset, folder)
         class_list, split = class_names(cfg.dataset, num_classes(cfg.dataset)), None
-    if max_train is not None:
-        keep = stratified_subset(train.labels, max_train, cfg.seed)
-        train = train.subset(keep)
-        split = None if split is None else np.isin(keep, split).nonzero()[0]
-    if cfg.max_test is not None:
-        test = test.subset(stratified_subset(test.labels, cfg.max_test, cfg.seed))
+        if max_train is not None:
+            train = train.subset(stratified_subset(train.labels, max_train, cfg.seed))
+        if cfg.max_test is not None:
+            test = test.subset(stratified_subset(test.labels, cfg.max_test, cfg.seed))
     if split is None:
         train_idx, val_idx = stratified_split(train.labels, cfg.val_fraction, cfg.seed)
     else:  # a folder's own val/ split
         val_idx = np.asarray(split, dtype=np.int64)
         train_idx = np.setdiff1d(np.arange(len(train)), val_idx).astype(np.int64)
-    mean, std = channel_stats(train.images[train_idx])
+    mean, std = channel_stats(train.images, train_idx)
     data = PreparedData(
         cfg.dataset, class_list, train, test, train_idx, val_idx, mean, std, {}, cfg.resize
     )
@@ -171,37 +175,6 @@ def prepare_data(
         {k: len(v) for k, v in data.ood.items()},
     )
     return data
-
-
-def _read_folder(
-    cfg: DataConfig, options: FolderOptions
-) -> tuple[list[str], ImageSet, ImageSet, np.ndarray | None]:
-    """A folder's class names, training pool, test split and, if it has ``val/``, the pool
-    indices of those images (``None``: split validation off the pool as other datasets)."""
-    root = Path(cfg.root)
-    layout = scan_folder(root)
-    names = layout.class_names
-    if "all" in layout.files:
-        images, labels = load_split(layout.files["all"], options, root, "decoding")
-        check_class_sizes(labels, names, root)
-        pool_idx, test_idx = stratified_split(labels, cfg.test_fraction, cfg.seed)
-        pool = ImageSet(images[pool_idx], labels[pool_idx])
-        return names, pool, ImageSet(images[test_idx], labels[test_idx]), None
-    sets = {
-        split: ImageSet(*load_split(files, options, root / split, f"decoding {split}"))
-        for split, files in layout.files.items()
-    }
-    for split, images in sets.items():
-        if len(images) == 0:
-            raise DataError(f"{root / split} holds no readable image")
-    train = sets["train"]
-    if "val" not in sets:
-        return names, train, sets["test"], None
-    val = sets["val"]
-    pool = ImageSet(
-        np.concatenate([train.images, val.images]), np.concatenate([train.labels, val.labels])
-    )
-    return names, pool, sets["test"], np.arange(len(train), len(pool), dtype=np.int64)
 
 
 def _save_npz(dest: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import ConfigError
-from pipeline.data import DataError, load_prepared, prepare_data, save_prepared
+from pipeline.data import DataError, folder, load_prepared, prepare_data, save_prepared
 from pipeline.data.folder import FolderOptions, read_images, scan_folder
 from pipeline.images import load_image
 from serving.images import decode_image
@@ -211,3 +211,41 @@ def test_prepared_folder_round_trips_with_class_names(
     loaded = load_prepared(tmp_path / "prepared")
     assert loaded.class_names == ["cat", "dog", "fox"] and loaded.resize == data.resize
     np.testing.assert_array_equal(loaded.train.images, data.train.images)
+
+
+def test_decoding_into_mapped_files_equals_decoding_into_memory(
+    photos: Path, params: dict[str, Any], tmp_path: Path
+) -> None:
+    cfg = folder_config(params, photos)
+    in_memory = prepare_data(cfg, photos, max_train=None)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    mapped = prepare_data(cfg, photos, max_train=None, scratch=scratch)
+    assert isinstance(mapped.train.images.base, np.memmap)  # a view of the mapped file
+    assert sorted(p.name for p in scratch.iterdir()) == ["test.npy", "train.npy"]
+    for got, want in [
+        (mapped.train.images, in_memory.train.images),
+        (mapped.test.images, in_memory.test.images),
+        (mapped.train.labels, in_memory.train.labels),
+        (mapped.val_idx, in_memory.val_idx),
+    ]:
+        np.testing.assert_array_equal(got, want)
+    assert (mapped.mean, mapped.std) == (in_memory.mean, in_memory.std)
+
+
+def test_caps_apply_before_decoding_and_keep_the_val_folder(
+    tmp_path: Path, params: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "split"
+    for split, count in (("train", 8), ("val", 4), ("test", 4)):
+        make_image_folder(root / split, per_class=count, broken=False)
+    decoded: list[Path] = []
+    real = folder._decode
+    monkeypatch.setattr(
+        folder, "_decode", lambda path, options: decoded.append(path) or real(path, options)
+    )
+    data = prepare_data(folder_config(params, root, max_test=10), root, max_train=20)
+    assert len(data.train) == 20 and len(data.test) == 10
+    assert len(decoded) == 30  # capped images are never decoded
+    val_paths = {p for p in decoded if "val" in p.parts}
+    assert len(data.val_idx) == len(val_paths) > 0  # the val/ images that survived the cap
