@@ -40,7 +40,8 @@ def entropy(probabilities: np.ndarray) -> np.ndarray:
     """Shannon entropy in nats of each row, with ``0 * log 0 = 0``."""
     p = np.asarray(probabilities, dtype=np.float64)
     logs = np.log(np.where(p > 0, p, 1.0))
-    return -np.sum(p * logs, axis=-1)
+    # + 0.0 turns the -0.0 of a one-hot row into 0.0 (JSON would show "-0.0").
+    return -np.sum(p * logs, axis=-1) + 0.0
 
 
 def top_k(probabilities: np.ndarray, k: int) -> np.ndarray:

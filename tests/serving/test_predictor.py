@@ -92,6 +92,7 @@ def test_entropy_by_hand() -> None:
     # H([1/2, 1/4, 1/4, 0]) = 1/2 ln 2 + 2 * 1/4 ln 4 = 1.5 ln 2; one-hot: 0; uniform: ln 4.
     probs = np.array([[0.5, 0.25, 0.25, 0.0], [0, 0, 1, 0], [0.25] * 4])
     np.testing.assert_allclose(entropy(probs), [1.5 * np.log(2), 0.0, np.log(4)], atol=1e-12)
+    assert not np.signbit(entropy(probs)[1])  # 0.0, not -0.0 (which JSON shows as "-0.0")
 
 
 def test_records_carry_every_field(predictor: Predictor) -> None:
