@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import urllib.error
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,23 @@ def synthetic_prepared(
         ood={},
         resize="resize_shorter_then_center_crop",
     )
+
+
+@pytest.fixture
+def no_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Pretrained weights offline: empty temporary caches (``tmp_path/torch`` for torch.hub,
+    ``tmp_path/hf`` for the Hugging Face Hub), torch.hub downloads that fail, an offline Hub."""
+    import huggingface_hub.constants
+    import torch
+
+    def refuse(url: str, *args: Any, **kwargs: Any) -> None:
+        raise urllib.error.URLError(f"network disabled in tests ({url})")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    return tmp_path
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import urllib.error
 from pathlib import Path
 from typing import Any
 
@@ -19,31 +18,14 @@ from pipeline.models import MixableNet, build_model, param_groups
 from pipeline.objective import compute_loss
 from pipeline.preprocessing import to_model_input
 from tests.conftest import configs
+from tests.serving.conftest import quadrant_images
 
 SIZE, CLASSES = 32, 4
 MEAN, STD = [0.3], [0.3]
 BACKBONES = ["tv:resnet18", "timm:mobilenetv3_small_050"]
 
 
-@pytest.fixture(autouse=True)
-def no_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(url: str, *args: Any, **kwargs: Any) -> None:
-        raise urllib.error.URLError(f"network disabled in tests ({url})")
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
-
-
-def quadrant_images(n: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Grey images where each class lights up its own quadrant, plus noise."""
-    rng = np.random.default_rng(0)
-    labels = np.arange(n) % CLASSES
-    images = rng.integers(0, 60, size=(n, SIZE, SIZE, 1), dtype=np.uint8)
-    half = SIZE // 2
-    for k in range(CLASSES):
-        r, c = divmod(k, 2)
-        images[labels == k, r * half : (r + 1) * half, c * half : (c + 1) * half] += 150
-    return images, labels.astype(np.int64)
+pytestmark = pytest.mark.usefixtures("no_network")
 
 
 def make_card() -> ModelCard:
@@ -68,7 +50,7 @@ def make_card() -> ModelCard:
 def train_one_step(model: MixableNet, params: dict[str, Any]) -> MixableNet:
     """One SGD step of CE + M-NDCG with Manifold Mixup at the model's default layer."""
     _, loss_cfg, _ = configs(params, loss={"name": "mndcg", "mixing": "manifold"})
-    images, labels = quadrant_images()
+    images, labels = quadrant_images(16, size=SIZE)
     x, y = torch.from_numpy(to_model_input(images, MEAN, STD)), torch.from_numpy(labels)
     optimizer = torch.optim.SGD(param_groups(model, lr=0.01, backbone_lr_scale=0.1), lr=0.01)
     head_before = model.head.weight.detach().clone()
@@ -88,7 +70,7 @@ def test_trained_backbone_exports_and_passes_verification(
     model = train_one_step(build_model(arch, num_classes=CLASSES, in_channels=1), params)
     card, path = make_card(), tmp_path / "model.onnx"
     export_onnx(model, card, path)
-    images, labels = quadrant_images()
+    images, labels = quadrant_images(16, size=SIZE)
     with torch.no_grad():
         x = torch.from_numpy(to_model_input(images, MEAN, STD))
         probs = CalibratedNet(model, card.temperature).eval()(x)[1].numpy()

@@ -6,12 +6,10 @@ pretrained weights come from files written into temporary caches.
 
 from __future__ import annotations
 
-import urllib.error
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-import huggingface_hub.constants
 import pytest
 import safetensors.torch
 import timm
@@ -50,18 +48,7 @@ SPLIT_FAMILIES = [
 INPUT_ONLY = ["tv:shufflenet_v2_x0_5", "tv:mnasnet0_5", "tv:googlenet"]
 
 
-@pytest.fixture(autouse=True)
-def no_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Empty temporary caches, torch.hub downloads that fail, and an offline Hub."""
-
-    def refuse(url: str, *args: Any, **kwargs: Any) -> None:
-        raise urllib.error.URLError(f"network disabled in tests ({url})")
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
-    return tmp_path
+pytestmark = pytest.mark.usefixtures("no_network")
 
 
 @cache
