@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from pipeline.config import ConfigError
 from pipeline.images import fit_image
 from pipeline.model_card import INPUT_NAME, METADATA_KEY, ModelCard
 from pipeline.preprocessing import to_model_input
@@ -50,6 +51,58 @@ def top_k(probabilities: np.ndarray, k: int) -> np.ndarray:
     return order[..., :k]
 
 
+class ModelFileError(ValueError):
+    """The model file cannot be served; the message names the file and the problem."""
+
+
+# ONNX Runtime's own exceptions for a file it cannot load (missing, truncated, not ONNX).
+_ORT_LOAD_ERRORS = tuple(
+    getattr(ort.capi.onnxruntime_pybind11_state, name)
+    for name in (
+        "Fail",
+        "InvalidArgument",
+        "InvalidGraph",
+        "InvalidProtobuf",
+        "NoModel",
+        "NoSuchFile",
+        "NotImplemented",
+        "RuntimeException",
+    )
+)
+
+
+def open_model(
+    model_path: Path, providers: Sequence[str]
+) -> tuple[ort.InferenceSession, ModelCard]:
+    """An ONNX Runtime session of an exported model and the model card in its metadata.
+
+    Raises:
+        ModelFileError: If the file is missing, is no loadable ONNX model, has no valid model
+            card or takes another input than ``images``.
+    """
+    path = Path(model_path)
+    if not path.is_file():
+        raise ModelFileError(f"{path} does not exist: run `make repro` or set RANKCAL_MODEL")
+    try:
+        session = ort.InferenceSession(str(path), providers=list(providers))
+    except _ORT_LOAD_ERRORS as err:
+        raise ModelFileError(f"{path} is not a loadable ONNX model ({err})") from None
+    meta = session.get_modelmeta().custom_metadata_map
+    if METADATA_KEY not in meta:
+        raise ModelFileError(
+            f"{path} has no {METADATA_KEY!r} model card in its metadata: export it with the "
+            "pipeline's export stage"
+        )
+    try:
+        card = ModelCard.from_json(meta[METADATA_KEY])
+    except ConfigError as err:
+        raise ModelFileError(f"{path} has an invalid model card: {err}") from None
+    inputs = [i.name for i in session.get_inputs()]
+    if inputs != [INPUT_NAME]:
+        raise ModelFileError(f"{path} must take one input {INPUT_NAME!r}, got {inputs}")
+    return session, card
+
+
 @dataclass(frozen=True)
 class Predictions:
     """Per-item results of one model call; arrays of length N (``top_k`` is N x k)."""
@@ -74,20 +127,13 @@ class Predictor:
         providers: ONNX Runtime execution providers in order of preference.
 
     Raises:
-        ValueError: If the model has no model card or an unexpected input.
+        ModelFileError: If the file cannot be served (see :func:`open_model`).
     """
 
     def __init__(self, model_path: Path, *, top_k: int, providers: Sequence[str]) -> None:
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
-        self.session = ort.InferenceSession(str(model_path), providers=list(providers))
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if METADATA_KEY not in meta:
-            raise ValueError(f"{model_path} has no {METADATA_KEY!r} model card in its metadata")
-        self.card = ModelCard.from_json(meta[METADATA_KEY])
-        inputs = [i.name for i in self.session.get_inputs()]
-        if inputs != [INPUT_NAME]:
-            raise ValueError(f"{model_path} must take one input {INPUT_NAME!r}, got {inputs}")
+        self.session, self.card = open_model(model_path, providers)
         self.top_k = min(top_k, self.card.num_classes)
         self.provider: str = self.session.get_providers()[0]
         if providers and providers[0] != self.provider:

@@ -34,7 +34,7 @@ from pipeline.preprocessing import match_channels
 from serving.guard import RequestGuard, error_response
 from serving.images import InputError, as_uint8_batch, decode_image
 from serving.metrics import ServiceMetrics
-from serving.predictor import Predictor, execution_providers
+from serving.predictor import CPU, ModelFileError, Predictor, execution_providers, open_model
 
 logger = logging.getLogger(__name__)
 # BentoML's workers log the root logger at WARNING; the start-up line names model and provider.
@@ -44,6 +44,13 @@ MODEL_PATH = Path(os.environ.get("RANKCAL_MODEL", "models/model.onnx"))
 PARAMS_PATH = Path(os.environ.get("RANKCAL_PARAMS", "params.yaml"))
 # Read at import: BentoML takes workers, port and batching from the class decorator.
 SERVE: ServeConfig = load_section(read_params(PARAMS_PATH), "serve")
+# Checked at import, which `bentoml serve` does before it starts any worker: a missing,
+# truncated or card-less model stops the server at once with one line naming the file, instead
+# of workers that fail in __init__ and are restarted forever.
+try:
+    open_model(MODEL_PATH, [CPU])
+except ModelFileError as err:
+    raise SystemExit(f"rankcal: cannot serve: {err}") from None
 
 # Prediction routes and the content types each accepts (fnmatch patterns; a request without a
 # Content-Type header is let through, as BentoML reads it as the route's default).

@@ -470,6 +470,49 @@ def test_two_workers_aggregate_metrics(exported_model: ExportedModel, tmp_path: 
     assert metrics.get("rankcal_confidence_bucket", le="+Inf") == 30
 
 
+def without_card(source: Path, dest: Path) -> Path:
+    """A copy of an exported model with its metadata (the model card) removed."""
+    import onnx
+
+    proto = onnx.load_model(str(source))
+    del proto.metadata_props[:]
+    onnx.save_model(proto, str(dest))
+    return dest
+
+
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        (lambda src, tmp: tmp / "absent.onnx", "does not exist"),
+        (
+            lambda src, tmp: (
+                (tmp / "cut.onnx").write_bytes(src.read_bytes()[:4000]) and tmp / "cut.onnx"
+            ),
+            "is not a loadable ONNX model",
+        ),
+        (
+            lambda src, tmp: (tmp / "text.onnx").write_text("hello") and tmp / "text.onnx",
+            "is not a loadable ONNX model",
+        ),
+        (lambda src, tmp: without_card(src, tmp / "bare.onnx"), "has no 'rankcal' model card"),
+    ],
+    ids=["missing", "truncated", "not_onnx", "no_card"],
+)
+def test_a_bad_model_stops_the_server_at_once(
+    exported_model: ExportedModel, tmp_path: Path, make: Callable[..., Path], problem: str
+) -> None:
+    """Not workers restarted every 10 s forever: `bentoml serve` exits 1 with one line."""
+    model = make(exported_model.path, tmp_path)
+    params = write_params(tmp_path / "params.yaml", port=free_port())
+    argv = [str(Path(sys.executable).parent / "bentoml"), "serve", SERVICE]
+    done = subprocess.run(
+        argv, cwd=ROOT, env=service_env(model, params), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1
+    assert f"rankcal: cannot serve: {model} {problem}" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
 # --- in-process checks -------------------------------------------------------------------------
 
 
@@ -477,6 +520,7 @@ def test_readyz_waits_for_the_warm_up_batch(
     exported_model: ExportedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("RANKCAL_PARAMS", str(ROOT / "params.yaml"))
+    monkeypatch.setenv("RANKCAL_MODEL", str(exported_model.path))  # checked at import
     module = importlib.import_module("serving.service")
     release = threading.Event()
     warm_up = module.Predictor.warm_up
@@ -595,7 +639,9 @@ def test_serve_target_is_slim_pinned_and_unprivileged() -> None:
     assert json.loads(stage.args("CMD")[-1])[:3] == ["bentoml", "serve", SERVICE]
 
 
-def test_serve_image_files_import_without_torch(tmp_path: Path) -> None:
+def test_serve_image_files_import_without_torch(
+    tmp_path: Path, exported_model: ExportedModel
+) -> None:
     """Importing the service with torch & co. blocked pulls in only files the image copies."""
     script = (
         "import sys, json\n"
@@ -605,9 +651,7 @@ def test_serve_image_files_import_without_torch(tmp_path: Path) -> None:
         "               if n.split('.')[0] in ('pipeline', 'serving') and m.__file__)\n"
         "print(json.dumps(files))\n"
     )
-    env = service_env(
-        ROOT / "models" / "model.onnx", ROOT / "params.yaml", [no_torch_dir(tmp_path)]
-    )
+    env = service_env(exported_model.path, ROOT / "params.yaml", [no_torch_dir(tmp_path)])
     result = subprocess.run(
         [sys.executable, "-c", script],
         cwd=ROOT,
