@@ -42,7 +42,7 @@ class ImageReadError(ValueError):
 
     Args:
         message: What was wrong, naming what arrived.
-        reason: Short snake_case label (``empty``, ``not_an_image``, ``too_many_pixels``,
+        reason: Short snake_case label (``empty_body``, ``not_an_image``, ``too_many_pixels``,
             ``bad_shape``, ``truncated_image``), used by the service's refusal metric.
     """
 
@@ -79,7 +79,7 @@ def read_image(
             file, a zero-sized image or one over ``max_pixels``.
     """
     if not data:
-        raise ImageReadError("the image is empty (0 bytes)", reason="empty")
+        raise ImageReadError("the image is empty (0 bytes)", reason="empty_body")
     try:
         with warnings.catch_warnings():
             # Pillow's own bomb check warns below its hard limit; treat that as the error it is.

@@ -64,8 +64,19 @@ class RequestGuard:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or scope["method"] != "POST" or path not in self.routes:
+        if scope["type"] != "http" or path not in self.routes:
             await self.app(scope, receive, send)
+            return
+        if scope["method"] != "POST":
+            # Starlette's own 405 is plain text, outside the {"error", "reason"} contract.
+            record_rejection("method_not_allowed")
+            response = error_response(
+                HTTPStatus.METHOD_NOT_ALLOWED,
+                f"{scope['method']} {path} is not allowed: send the input with POST",
+                "method_not_allowed",
+            )
+            response.headers["Allow"] = "POST"
+            await response(scope, receive, send)
             return
         headers = Headers(scope=scope)
         try:

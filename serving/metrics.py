@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # Reasons the service is known to use; their counters start at 0 so rate() sees the first one.
-# Reasons the service's own checks give (serving/images.py, serving/guard.py), pre-registered so
+# Reasons the service's own checks give (pipeline/images.py, serving/images.py, serving/guard.py),
+# pre-registered so
 # dashboards show 0 rather than no data; pydantic's error types and "overloaded" appear on use.
 REJECTION_REASONS = (
     "empty_body",
@@ -55,6 +56,7 @@ REJECTION_REASONS = (
     "bad_dtype",
     "non_finite",
     "out_of_range",
+    "method_not_allowed",
 )
 # Labels must stay few and fixed: a reason is a short snake_case word, never request data.
 _REASON = re.compile(r"[a-z][a-z0-9_]{0,39}")

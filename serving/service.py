@@ -33,12 +33,14 @@ from pipeline.config import ServeConfig, load_section, read_params
 from pipeline.preprocessing import match_channels
 from serving.guard import RequestGuard, error_response
 from serving.images import InputError, as_uint8_batch, decode_image
+from serving.logs import install_refusal_log_filter
 from serving.metrics import ServiceMetrics
 from serving.predictor import CPU, ModelFileError, Predictor, execution_providers, open_model
 
 logger = logging.getLogger(__name__)
 # BentoML's workers log the root logger at WARNING; the start-up line names model and provider.
 logging.getLogger("serving").setLevel(logging.INFO)
+install_refusal_log_filter()
 
 MODEL_PATH = Path(os.environ.get("RANKCAL_MODEL", "models/model.onnx"))
 PARAMS_PATH = Path(os.environ.get("RANKCAL_PARAMS", "params.yaml"))

@@ -371,6 +371,7 @@ def test_multiprocess_workers_sum_and_keep_every_metric(tmp_path: Path) -> None:
 
 
 def test_every_reason_the_service_gives_is_pre_registered() -> None:
-    source = "".join((ROOT / "serving" / f).read_text() for f in ("images.py", "guard.py"))
+    files = ("serving/images.py", "serving/guard.py", "pipeline/images.py")
+    source = "".join((ROOT / f).read_text() for f in files)
     given = set(re.findall(r'reason="([a-z_]+)"', source))
     assert given and given <= set(REJECTION_REASONS), given - set(REJECTION_REASONS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import importlib
+import io
 import json
 import pickle
 import re
@@ -26,6 +27,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.config import load_section, read_params
@@ -320,6 +322,25 @@ def _truncated_png() -> bytes:
     return data[: len(data) // 2]
 
 
+def _other_format(fmt: str, mutate: bool = False) -> Callable[[], bytes]:
+    """An image file in a format Pillow decodes but the service does not accept (BLP and DDS
+    decoders raised NotImplementedError on malformed files: a 500 before the format list);
+    ``mutate`` flips bytes after the header as a fuzzer would."""
+
+    def make() -> bytes:
+        image = Image.fromarray(np.full((8, 8, 3), 90, np.uint8))
+        image = image.convert({"BLP": "P", "DDS": "RGBA"}.get(fmt, "RGB"))
+        buffer = io.BytesIO()
+        image.save(buffer, fmt)
+        data = bytearray(buffer.getvalue())
+        if mutate:
+            for i in range(20, len(data), 7):
+                data[i] ^= 0x5A
+        return bytes(data)
+
+    return make
+
+
 IMG, BATCH = "/classify", "/classify_batch"
 PNG, JSON, PICKLE = "image/png", "application/json", "application/vnd.bentoml+pickle"
 FORM = "application/x-www-form-urlencoded"
@@ -335,6 +356,18 @@ BAD_INPUTS = [
     pytest.param(
         IMG, lambda: png_bytes(np.zeros((65, 64), np.uint8)), PNG, 400, "too_many_pixels", id="big"
     ),
+    *[
+        pytest.param(
+            IMG,
+            _other_format(fmt, mutate),
+            "image/x-" + fmt.lower(),
+            400,
+            "not_an_image",
+            id=f"{fmt.lower()}{'_mutated' if mutate else ''}",
+        )
+        for fmt in ("BLP", "DDS", "ICO", "PPM", "TGA", "PCX")
+        for mutate in (False, True)
+    ],
     pytest.param(IMG, lambda: b"\0" * 70_000, PNG, 413, "too_large", id="body_too_large"),
     pytest.param(IMG, lambda: pickle.dumps(1), PICKLE, 415, "unsupported_media_type", id="pickle"),
     pytest.param(IMG, lambda: b"hi", "text/plain", 415, "unsupported_media_type", id="text"),
@@ -397,6 +430,43 @@ def test_bad_input_is_refused_and_counted(
     # ... and the service still answers.
     assert httpx.get(f"{service.url}/readyz").status_code == 200
     assert post_image(service.url, png_bytes(sample_images(1, seed=0)[0])).status_code == 200
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+@pytest.mark.parametrize("route", [IMG, BATCH])
+def test_other_methods_get_the_json_refusal(
+    service: RunningService, route: str, method: str
+) -> None:
+    before = Metrics.scrape(service.url)
+    response = httpx.request(method, f"{service.url}{route}")
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+    assert response.json()["reason"] == "method_not_allowed"
+    after = Metrics.scrape(service.url)
+    reason = {"reason": "method_not_allowed"}
+    counted = after.get("rankcal_rejected_requests_total", **reason) - before.get(
+        "rankcal_rejected_requests_total", **reason
+    )
+    assert counted == 1
+
+
+def test_refusals_are_one_log_line_without_client_bytes(service: RunningService) -> None:
+    marker = b"CLIENT-BYTES-1f2e3d"
+    for route, media_type, body in [
+        (IMG, PNG, marker * 50),
+        (BATCH, JSON, b'{"images": "' + marker + b'"}'),
+    ]:
+        response = httpx.post(
+            f"{service.url}{route}", content=body, headers={"Content-Type": media_type}
+        )
+        assert response.status_code in (400, 422)
+    deadline = time.monotonic() + 10
+    while "refused /classify_batch [POST]" not in service.log_text():
+        assert time.monotonic() < deadline, service.log_text()[-3000:]
+        time.sleep(0.2)
+    log = service.log_text()
+    assert marker.decode() not in log
+    assert "Traceback" not in log and "[ERROR]" not in log
+    assert "refused /classify [POST]: not_an_image" in log
 
 
 def test_chunked_body_over_the_limit_is_refused(service: RunningService) -> None:
