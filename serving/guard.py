@@ -7,10 +7,12 @@ parsers and rewrites every 4xx (and 503) into ``{"error", "reason"}``, counting 
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import json
 import logging
 import re
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -57,10 +59,21 @@ class RequestGuard:
     ``{"error", "reason"}``; and records each refusal once.
     """
 
-    def __init__(self, app: Any, *, max_bytes: int, routes: dict[str, tuple[str, ...]]) -> None:
+    def __init__(
+        self,
+        app: Any,
+        *,
+        max_bytes: int,
+        routes: dict[str, tuple[str, ...]],
+        prepare: dict[str, Callable[[bytes], bytes]] | None = None,
+        max_parallel: int = 1,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.routes = routes
+        self.prepare = prepare or {}
+        self.max_parallel = max_parallel
+        self._slots: asyncio.Semaphore | None = None  # made in the server's event loop
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = scope.get("path", "")
@@ -70,6 +83,7 @@ class RequestGuard:
         if scope["method"] != "POST":
             # Starlette's own 405 is plain text, outside the {"error", "reason"} contract.
             record_rejection("method_not_allowed")
+            logger.info("refused %s [%s]: method_not_allowed", path, scope["method"])
             response = error_response(
                 HTTPStatus.METHOD_NOT_ALLOWED,
                 f"{scope['method']} {path} is not allowed: send the input with POST",
@@ -82,13 +96,28 @@ class RequestGuard:
         try:
             _check_content_type(headers.get("content-type"), self.routes[path])
             body = await self._read_body(receive, headers.get("content-length"))
+            if path in self.prepare:
+                body = await self._prepare(self.prepare[path], body)
+                scope = _with_content_length(scope, len(body))
         except _ClientGoneError:
             return
         except InputError as err:
             record_rejection(err.reason)
+            # One line, as serving.logs makes of BentoML's own refusals; never the body.
+            logger.info("refused %s [POST]: %s", path, err.reason)
             await error_response(err.status, str(err), err.reason)(scope, receive, send)
             return
         await self.app(scope, _replay(body, receive), _ErrorRewriter(send))
+
+    async def _prepare(self, prepare: Callable[[bytes], bytes], body: bytes) -> bytes:
+        """Run ``prepare`` (e.g. decoding an image) in a thread, at most ``max_parallel`` at
+        once: the event loop keeps answering health checks and other requests meanwhile, and
+        the memory of decodes in flight is bounded."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_parallel)
+        async with self._slots:
+            # to_thread copies the context: BentoML's current service is visible there.
+            return await asyncio.to_thread(prepare, body)
 
     async def _read_body(self, receive: Any, declared: str | None) -> bytes:
         too_large = InputError(
@@ -132,6 +161,12 @@ def _check_content_type(header: str | None, accepted: tuple[str, ...]) -> None:
             reason="unsupported_media_type",
             status=HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
         )
+
+
+def _with_content_length(scope: dict[str, Any], length: int) -> dict[str, Any]:
+    """``scope`` with its Content-Length header set to ``length`` (the body was replaced)."""
+    headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"]
+    return {**scope, "headers": [*headers, (b"content-length", str(length).encode())]}
 
 
 def _replay(body: bytes, receive: Any) -> Any:

@@ -7,6 +7,7 @@ Pillow: no BentoML, so the rules are testable without a server.
 
 from __future__ import annotations
 
+import io
 from http import HTTPStatus
 
 import numpy as np
@@ -58,6 +59,38 @@ def decode_image(
     except ImageReadError as err:
         hint = " (serve.max_image_pixels)" if err.reason == "too_many_pixels" else ""
         raise InputError(f"the body is refused: {err}{hint}", reason=err.reason) from None
+
+
+# A fitted image travels from the guard to the endpoint as an .npy body (see fitted_bytes).
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def fitted_bytes(pixels: np.ndarray) -> bytes:
+    """An image already fitted to the model, as ``.npy`` bytes (no pickle)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(pixels), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def read_fitted(data: bytes, image_shape: tuple[int, int, int]) -> np.ndarray | None:
+    """The pixels :func:`fitted_bytes` wrote, checked against the model's ``(H, W, C)``;
+    ``None`` when ``data`` is not such a body (an image file, which the caller decodes).
+
+    Raises:
+        InputError: If the body is ``.npy`` but not a uint8 image of the model's shape.
+    """
+    if not data.startswith(_NPY_MAGIC):
+        return None
+    try:
+        pixels = np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        pixels = None
+    if pixels is None or pixels.dtype != np.uint8 or pixels.shape != image_shape:
+        raise InputError(
+            "an .npy body is not an image file: send PNG, JPEG, GIF, BMP, TIFF or WebP",
+            reason="not_an_image",
+        )
+    return pixels
 
 
 def as_uint8_batch(

@@ -32,7 +32,7 @@ from starlette.responses import JSONResponse
 from pipeline.config import ServeConfig, load_section, read_params
 from pipeline.preprocessing import match_channels
 from serving.guard import RequestGuard, error_response
-from serving.images import InputError, as_uint8_batch, decode_image
+from serving.images import InputError, as_uint8_batch, decode_image, fitted_bytes, read_fitted
 from serving.logs import install_refusal_log_filter
 from serving.metrics import ServiceMetrics
 from serving.predictor import CPU, ModelFileError, Predictor, execution_providers, open_model
@@ -98,9 +98,28 @@ def _model_size() -> tuple[int, int] | None:
     return height, width
 
 
+def _fit_upload(data: bytes) -> bytes:
+    """Decode an uploaded image and fit it to the model; the guard runs this in a thread.
+
+    Decoding is the costly part of a request (a 12-megapixel JPEG, a 4096x4096 PNG): on the
+    event loop it would stall health checks and every other request, so :class:`RequestGuard`
+    runs it beside the loop, a bounded number at once, and passes the small fitted image on.
+    """
+    predictor = bentoml.get_current_service().predictor
+    height, width, _ = predictor.image_shape
+    image = decode_image(data, max_pixels=SERVE.max_image_pixels, draft_for=(height, width))
+    return fitted_bytes(predictor.conform([image])[0])
+
+
 def _decode_upload(data: bytes) -> list[np.ndarray]:
-    """Decode one uploaded file into a one-item list: BentoML batches requests by joining lists."""
+    """The request's fitted image (from :func:`_fit_upload`) as a one-item list: BentoML
+    batches requests by joining lists. A body that did not pass through the guard (an
+    in-process call) is decoded here."""
     try:
+        shape = bentoml.get_current_service().predictor.image_shape
+        fitted = read_fitted(data, shape)
+        if fitted is not None:
+            return [fitted]
         return [decode_image(data, max_pixels=SERVE.max_image_pixels, draft_for=_model_size())]
     except InputError as err:
         raise PydanticCustomError(err.reason, "{message}", {"message": str(err)}) from None
@@ -181,4 +200,12 @@ class ImageClassifier:
         return [Prediction.model_validate(r) for r in self.predictor.records(out)]
 
 
-ImageClassifier.add_asgi_middleware(RequestGuard, max_bytes=SERVE.max_request_bytes, routes=ROUTES)
+ImageClassifier.add_asgi_middleware(
+    RequestGuard,
+    max_bytes=SERVE.max_request_bytes,
+    routes=ROUTES,
+    prepare={"/classify": _fit_upload},
+    # Decoding is CPU-bound and Pillow releases the GIL: one decode per core uses the machine;
+    # more would only add the memory of more decoded images in flight.
+    max_parallel=os.cpu_count() or 1,
+)

@@ -140,3 +140,15 @@ def test_a_decoder_raising_an_unusual_exception_is_a_refusal(
     with pytest.raises(ImageReadError) as info:
         read_image(data, max_pixels=MAX_PIXELS)
     assert info.value.reason == "truncated_image"
+
+
+def test_transparency_composites_onto_black_exactly() -> None:
+    # Every colour value under every alpha: round(c * a / 255), as a float computation gives.
+    colour, alpha = np.meshgrid(np.arange(256), np.arange(256))
+    rgba = np.stack([colour, colour, colour, alpha], axis=-1).astype(np.uint8)
+    out = read_image(encode(rgba, "PNG", "RGBA"), max_pixels=MAX_PIXELS)
+    want = np.rint(colour * alpha / 255.0)
+    np.testing.assert_array_equal(out[..., 0], want)
+    grey = read_image(encode(rgba, "PNG", "LA"), max_pixels=MAX_PIXELS)
+    assert grey.shape == (256, 256, 1)
+    np.testing.assert_array_equal(grey[..., 0], want)

@@ -481,6 +481,45 @@ def test_chunked_body_over_the_limit_is_refused(service: RunningService) -> None
     assert response.json()["reason"] == "too_large"
 
 
+def transparent_png(side: int) -> bytes:
+    """A fully transparent side x side RGBA PNG: a few KB that decode to side² x 4 bytes."""
+    buffer = io.BytesIO()
+    Image.new("RGBA", (side, side), (0, 0, 0, 0)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.slow
+def test_decoding_does_not_stall_the_worker(exported_model: ExportedModel, tmp_path: Path) -> None:
+    """16 small files that decode to 64 MB each (4096² RGBA, exactly at the default pixel
+    limit): health checks keep answering at once and every image is answered, none 503."""
+    port = free_port()
+    params = write_params(tmp_path / "params.yaml", port=port, workers=1, max_image_pixels=4096**2)
+    env = service_env(exported_model.path, params)
+    heavy = transparent_png(4096)
+
+    async def load_and_probe(url: str) -> tuple[list[int], float]:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+            uploads = asyncio.gather(
+                *[
+                    client.post("/classify", content=heavy, headers={"Content-Type": PNG})
+                    for _ in range(16)
+                ]
+            )
+            probes = []
+            while not uploads.done() and len(probes) < 400:
+                start = time.perf_counter()
+                assert (await client.get("/livez")).status_code == 200
+                probes.append(time.perf_counter() - start)
+                await asyncio.sleep(0.05)
+            return [r.status_code for r in await uploads], max(probes, default=0.0)
+
+    argv = [str(Path(sys.executable).parent / "bentoml"), "serve", SERVICE]
+    with run_service(argv, env, port, tmp_path / "service.log") as running:
+        statuses, slowest_probe = asyncio.run(load_and_probe(running.url))
+    assert statuses == [200] * 16
+    assert slowest_probe < 1.0, f"/livez took {slowest_probe:.2f} s while images decoded"
+
+
 # --- two workers --------------------------------------------------------------------------------
 
 
