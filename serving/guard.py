@@ -13,6 +13,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -44,6 +45,19 @@ def record_rejection(reason: str) -> None:
     service.metrics.record_rejection(reason if _REASON.fullmatch(reason) else "invalid_input")
 
 
+@dataclass(frozen=True)
+class BodyStep:
+    """Work the guard does on a route's body before the endpoint sees it.
+
+    Attributes:
+        run: Turns the body into what the endpoint reads; raises :class:`InputError` to refuse.
+        cheap: Whether ``run`` is cheap enough for this body to run on the event loop.
+    """
+
+    run: Callable[[bytes], bytes]
+    cheap: Callable[[bytes], bool]
+
+
 class _ClientGoneError(Exception):
     pass
 
@@ -65,7 +79,7 @@ class RequestGuard:
         *,
         max_bytes: int,
         routes: dict[str, tuple[str, ...]],
-        prepare: dict[str, Callable[[bytes], bytes]] | None = None,
+        prepare: dict[str, BodyStep] | None = None,
         max_parallel: int = 1,
     ) -> None:
         self.app = app
@@ -109,15 +123,17 @@ class RequestGuard:
             return
         await self.app(scope, _replay(body, receive), _ErrorRewriter(send))
 
-    async def _prepare(self, prepare: Callable[[bytes], bytes], body: bytes) -> bytes:
-        """Run ``prepare`` (e.g. decoding an image) in a thread, at most ``max_parallel`` at
-        once: the event loop keeps answering health checks and other requests meanwhile, and
-        the memory of decodes in flight is bounded."""
+    async def _prepare(self, step: BodyStep, body: bytes) -> bytes:
+        """Run ``step`` (e.g. decoding an image): inline when it is cheap for this body, else in
+        a thread, at most ``max_parallel`` at once, so the event loop keeps answering health
+        checks and other requests meanwhile and the memory of decodes in flight is bounded."""
+        if step.cheap(body):
+            return step.run(body)
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_parallel)
         async with self._slots:
             # to_thread copies the context: BentoML's current service is visible there.
-            return await asyncio.to_thread(prepare, body)
+            return await asyncio.to_thread(step.run, body)
 
     async def _read_body(self, receive: Any, declared: str | None) -> bytes:
         too_large = InputError(

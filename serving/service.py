@@ -31,11 +31,19 @@ from starlette.responses import JSONResponse
 
 from pipeline.config import ServeConfig, load_section, read_params
 from pipeline.preprocessing import match_channels
-from serving.guard import RequestGuard, error_response
-from serving.images import InputError, as_uint8_batch, decode_image, fitted_bytes, read_fitted
+from serving.guard import BodyStep, RequestGuard, error_response
+from serving.images import (
+    InputError,
+    as_uint8_batch,
+    decode_image,
+    fitted_bytes,
+    is_small_image,
+    read_fitted,
+)
 from serving.logs import install_refusal_log_filter
 from serving.metrics import ServiceMetrics
 from serving.predictor import CPU, ModelFileError, Predictor, execution_providers, open_model
+from serving.reaper import start_reaper
 
 logger = logging.getLogger(__name__)
 # BentoML's workers log the root logger at WARNING; the start-up line names model and provider.
@@ -99,11 +107,12 @@ def _model_size() -> tuple[int, int] | None:
 
 
 def _fit_upload(data: bytes) -> bytes:
-    """Decode an uploaded image and fit it to the model; the guard runs this in a thread.
+    """Decode an uploaded image and fit it to the model, for :class:`RequestGuard`.
 
     Decoding is the costly part of a request (a 12-megapixel JPEG, a 4096x4096 PNG): on the
-    event loop it would stall health checks and every other request, so :class:`RequestGuard`
-    runs it beside the loop, a bounded number at once, and passes the small fitted image on.
+    event loop it would stall health checks and every other request, so the guard runs it in a
+    thread, a bounded number at once, unless the header declares a small image
+    (:func:`serving.images.is_small_image`), and passes the small fitted image on.
     """
     predictor = bentoml.get_current_service().predictor
     height, width, _ = predictor.image_shape
@@ -151,6 +160,8 @@ class ImageClassifier:
             provider,
         )
         self.metrics = ServiceMetrics(card, window=SERVE.window, provider=provider)
+        if multiproc_dir := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            start_reaper(Path(multiproc_dir))  # a killed worker's gauges must not linger
         # In the background, so /livez answers while /readyz says 503 until the model has run.
         threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
 
@@ -204,7 +215,7 @@ ImageClassifier.add_asgi_middleware(
     RequestGuard,
     max_bytes=SERVE.max_request_bytes,
     routes=ROUTES,
-    prepare={"/classify": _fit_upload},
+    prepare={"/classify": BodyStep(run=_fit_upload, cheap=is_small_image)},
     # Decoding is CPU-bound and Pillow releases the GIL: one decode per core uses the machine;
     # more would only add the memory of more decoded images in flight.
     max_parallel=os.cpu_count() or 1,

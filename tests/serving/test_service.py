@@ -7,13 +7,16 @@ target (model and params pointed at test files) with torch made unimportable, as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import importlib
 import io
 import json
+import os
 import pickle
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -620,6 +623,40 @@ def test_a_bad_model_stops_the_server_at_once(
     assert done.returncode == 1
     assert f"rankcal: cannot serve: {model} {problem}" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_a_killed_workers_gauges_leave_metrics(
+    exported_model: ExportedModel, tmp_path: Path
+) -> None:
+    port = free_port()
+    params = write_params(tmp_path / "params.yaml", port=port, workers=2, batching=False, **LIMITS)
+    argv = [str(Path(sys.executable).parent / "bentoml"), "serve", SERVICE]
+    env = service_env(exported_model.path, params)
+    with run_service(argv, env, port, tmp_path / "service.log") as running:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while running.log_text().count("warm-up batch done") < 2:
+            assert time.monotonic() < deadline, running.log_text()
+            time.sleep(0.2)
+        pids: set[str] = set()
+        for image in sample_images(60, seed=3):  # until both workers have answered
+            assert post_image(running.url, png_bytes(image)).status_code == 200
+            sizes = Metrics.scrape(running.url).labelsets("rankcal_window_size")
+            pids = {labels["pid"] for labels in sizes}
+            if len(pids) == 2:
+                break
+        assert len(pids) == 2, pids
+        victim = min(pids)
+        os.kill(int(victim), signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                live = Metrics.scrape(running.url).labelsets("rankcal_window_size")
+                if victim not in {labels["pid"] for labels in live}:
+                    break
+            assert time.monotonic() < deadline, f"pid {victim}'s gauges still in /metrics"
+            time.sleep(0.5)
+        assert post_image(running.url, png_bytes(sample_images(1, seed=0)[0])).status_code == 200
 
 
 # --- in-process checks -------------------------------------------------------------------------
