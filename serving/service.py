@@ -40,6 +40,7 @@ from serving.images import (
     is_small_image,
     read_fitted,
 )
+from serving.index_page import IndexPage
 from serving.logs import install_refusal_log_filter
 from serving.metrics import ServiceMetrics
 from serving.predictor import CPU, ModelFileError, Predictor, execution_providers, open_model
@@ -211,6 +212,7 @@ class ImageClassifier:
         return [Prediction.model_validate(r) for r in self.predictor.records(out)]
 
 
+ImageClassifier.add_asgi_middleware(IndexPage, service_name="rankcal")
 ImageClassifier.add_asgi_middleware(
     RequestGuard,
     max_bytes=SERVE.max_request_bytes,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import html
 import importlib
 import io
 import json
@@ -37,6 +38,7 @@ from pipeline.config import load_section, read_params
 from pipeline.images import fit_image
 from pipeline.model_card import INPUT_NAME
 from pipeline.preprocessing import to_model_input
+from serving.index_page import ROUTES
 from serving.predictor import execution_providers
 from tests.serving.conftest import (
     CLASS_NAMES,
@@ -470,6 +472,22 @@ def test_refusals_are_one_log_line_without_client_bytes(service: RunningService)
     assert marker.decode() not in log
     assert "Traceback" not in log and "[ERROR]" not in log
     assert "refused /classify [POST]: not_an_image" in log
+
+
+def test_the_index_page_fetches_nothing_and_lists_every_route(service: RunningService) -> None:
+    page = httpx.get(f"{service.url}/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "<script" not in page.text and "http" not in page.text.replace("https?", "")
+    documented = (ROOT / "docs" / "serving.md").read_text()
+    for route, _ in ROUTES:
+        assert html.escape(route) in page.text
+        for one in route.split(", "):
+            method, path = one.split(" ")
+            assert f"`{method} {path}`" in documented, one
+            if method == "GET":
+                assert httpx.get(f"{service.url}{path}").status_code == 200, path
+    assets = httpx.get(f"{service.url}/static_content/swagger-ui.css")
+    assert assets.status_code == 404 and assets.json()["reason"] == "not_found"
 
 
 def test_chunked_body_over_the_limit_is_refused(service: RunningService) -> None:
