@@ -279,6 +279,8 @@ class ServeConfig:
     max_request_bytes: int
     max_image_pixels: int
     max_batch_items: int
+    max_concurrency: int
+    timeout_s: float
 
     def __post_init__(self) -> None:
         _check("serve.port", self.port, 1 <= self.port <= 65535, "in 1..65535")
@@ -295,6 +297,8 @@ class ServeConfig:
         )
         _check("serve.max_image_pixels", self.max_image_pixels, self.max_image_pixels >= 1, ">= 1")
         _check("serve.max_batch_items", self.max_batch_items, self.max_batch_items >= 1, ">= 1")
+        _check("serve.max_concurrency", self.max_concurrency, self.max_concurrency >= 1, ">= 1")
+        _check("serve.timeout_s", self.timeout_s, self.timeout_s > 0, "> 0")
 
 
 SECTIONS: dict[str, type] = {

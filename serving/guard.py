@@ -69,8 +69,13 @@ class RequestGuard:
 
     Refuses pickle and other unsupported content types (415), bodies over ``max_bytes`` (413,
     from ``Content-Length`` or while reading) and empty bodies (400) before BentoML parses
-    anything; rewrites every 4xx (and the adaptive batcher's 503) into
-    ``{"error", "reason"}``; and records each refusal once.
+    anything; refuses a request beyond ``max_concurrency`` in flight on this worker (429) and
+    ends one that takes longer than ``timeout_s`` (503); rewrites every 4xx (and the adaptive
+    batcher's 503) into ``{"error", "reason"}``; and records each refusal once.
+
+    The concurrency limit and timeout are here rather than in BentoML's ``traffic`` settings
+    because BentoML's middleware sits outside this one: its 429 and 504 would bypass the
+    contract (no ``reason``) and the refusal counter.
     """
 
     def __init__(
@@ -81,13 +86,18 @@ class RequestGuard:
         routes: dict[str, tuple[str, ...]],
         prepare: dict[str, BodyStep] | None = None,
         max_parallel: int = 1,
+        max_concurrency: int = 64,
+        timeout_s: float = 30.0,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.routes = routes
         self.prepare = prepare or {}
         self.max_parallel = max_parallel
+        self.max_concurrency = max_concurrency
+        self.timeout_s = timeout_s
         self._slots: asyncio.Semaphore | None = None  # made in the server's event loop
+        self._in_flight = 0
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = scope.get("path", "")
@@ -96,16 +106,46 @@ class RequestGuard:
             return
         if scope["method"] != "POST":
             # Starlette's own 405 is plain text, outside the {"error", "reason"} contract.
-            record_rejection("method_not_allowed")
-            logger.info("refused %s [%s]: method_not_allowed", path, scope["method"])
-            response = error_response(
-                HTTPStatus.METHOD_NOT_ALLOWED,
+            wrong = InputError(
                 f"{scope['method']} {path} is not allowed: send the input with POST",
-                "method_not_allowed",
+                reason="method_not_allowed",
+                status=HTTPStatus.METHOD_NOT_ALLOWED,
             )
-            response.headers["Allow"] = "POST"
-            await response(scope, receive, send)
+            await _refuse(wrong, path, scope, receive, send, headers={"Allow": "POST"})
             return
+        if self._in_flight >= self.max_concurrency:
+            busy = InputError(
+                f"{self.max_concurrency} requests already in flight on this worker "
+                "(serve.max_concurrency): retry later",
+                reason="too_many_requests",
+                status=HTTPStatus.TOO_MANY_REQUESTS,
+            )
+            await _refuse(busy, path, scope, receive, send)
+            return
+        self._in_flight += 1
+        started = False
+
+        async def tracking_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            # A decode already running in a thread finishes on its own after a timeout: its
+            # cost stays bounded by serve.max_image_pixels.
+            await asyncio.wait_for(self._serve(path, scope, receive, tracking_send), self.timeout_s)
+        except TimeoutError:
+            if not started:  # past the start, the client gets what was sent, then the close
+                late = InputError(
+                    f"the request took more than {self.timeout_s:g} s (serve.timeout_s)",
+                    reason="timeout",
+                    status=HTTPStatus.SERVICE_UNAVAILABLE,
+                )
+                await _refuse(late, path, scope, receive, send)
+        finally:
+            self._in_flight -= 1
+
+    async def _serve(self, path: str, scope: dict[str, Any], receive: Any, send: Any) -> None:
         headers = Headers(scope=scope)
         try:
             _check_content_type(headers.get("content-type"), self.routes[path])
@@ -116,10 +156,7 @@ class RequestGuard:
         except _ClientGoneError:
             return
         except InputError as err:
-            record_rejection(err.reason)
-            # One line, as serving.logs makes of BentoML's own refusals; never the body.
-            logger.info("refused %s [POST]: %s", path, err.reason)
-            await error_response(err.status, str(err), err.reason)(scope, receive, send)
+            await _refuse(err, path, scope, receive, send)
             return
         await self.app(scope, _replay(body, receive), _ErrorRewriter(send))
 
@@ -177,6 +214,22 @@ def _check_content_type(header: str | None, accepted: tuple[str, ...]) -> None:
             reason="unsupported_media_type",
             status=HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
         )
+
+
+async def _refuse(
+    err: InputError,
+    path: str,
+    scope: dict[str, Any],
+    receive: Any,
+    send: Any,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """Answer ``err`` as ``{"error", "reason"}``, count it, and log one line (never the body)."""
+    record_rejection(err.reason)
+    logger.info("refused %s [%s]: %s", path, scope["method"], err.reason)
+    response = error_response(err.status, str(err), err.reason)
+    response.headers.update(headers or {})
+    await response(scope, receive, send)
 
 
 def _with_content_length(scope: dict[str, Any], length: int) -> dict[str, Any]:

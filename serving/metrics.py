@@ -57,6 +57,8 @@ REJECTION_REASONS = (
     "non_finite",
     "out_of_range",
     "method_not_allowed",
+    "too_many_requests",
+    "timeout",
 )
 # Labels must stay few and fixed: a reason is a short snake_case word, never request data.
 _REASON = re.compile(r"[a-z][a-z0-9_]{0,39}")

@@ -144,7 +144,14 @@ ImageUpload = Annotated[bytes, ContentType("image/*"), AfterValidator(_decode_up
 SinglePrediction = Annotated[Prediction, BeforeValidator(_only_item)]
 
 
-@bentoml.service(name="rankcal", workers=SERVE.workers, http={"port": SERVE.port})
+# BentoML's own timeout stays as a backstop for the other routes, past the guard's (which answers
+# the prediction routes within the {"error", "reason"} contract).
+@bentoml.service(
+    name="rankcal",
+    workers=SERVE.workers,
+    http={"port": SERVE.port},
+    traffic={"timeout": SERVE.timeout_s + 10},
+)
 class ImageClassifier:
     """Calibrated image classification with drift metrics; ready once a warm-up batch has run."""
 
@@ -221,4 +228,6 @@ ImageClassifier.add_asgi_middleware(
     # Decoding is CPU-bound and Pillow releases the GIL: one decode per core uses the machine;
     # more would only add the memory of more decoded images in flight.
     max_parallel=os.cpu_count() or 1,
+    max_concurrency=SERVE.max_concurrency,
+    timeout_s=SERVE.timeout_s,
 )

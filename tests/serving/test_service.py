@@ -541,6 +541,49 @@ def test_decoding_does_not_stall_the_worker(exported_model: ExportedModel, tmp_p
     assert slowest_probe < 1.0, f"/livez took {slowest_probe:.2f} s while images decoded"
 
 
+@pytest.mark.slow
+def test_concurrency_limit_and_timeout_answer_in_the_contract(
+    exported_model: ExportedModel, tmp_path: Path
+) -> None:
+    """serve.max_concurrency 2: of 8 heavy uploads at once, those beyond 2 get 429; with
+    serve.timeout_s 0.05, a heavy upload gets 503 "timeout". Both counted, both JSON."""
+    heavy = transparent_png(4096)
+    port = free_port()
+    argv = [str(Path(sys.executable).parent / "bentoml"), "serve", SERVICE]
+    for overrides, expected in [
+        ({"max_concurrency": 2, "timeout_s": 30.0}, {200, 429}),
+        ({"max_concurrency": 64, "timeout_s": 0.05}, {503}),
+    ]:
+        params = write_params(
+            tmp_path / "params.yaml", port=port, workers=1, max_image_pixels=4096**2, **overrides
+        )
+        env = service_env(exported_model.path, params)
+        with run_service(argv, env, port, tmp_path / "service.log") as running:
+
+            async def burst(url: str) -> list[httpx.Response]:
+                async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+                    return await asyncio.gather(
+                        *[
+                            client.post("/classify", content=heavy, headers={"Content-Type": PNG})
+                            for _ in range(8)
+                        ]
+                    )
+
+            responses = asyncio.run(burst(running.url))
+            metrics = Metrics.scrape(running.url)
+        assert {r.status_code for r in responses} == expected
+        for refused in (r for r in responses if r.status_code != 200):
+            body = refused.json()
+            assert set(body) == {"error", "reason"}
+            reason = {429: "too_many_requests", 503: "timeout"}[refused.status_code]
+            assert body["reason"] == reason
+        counted = sum(
+            metrics.get("rankcal_rejected_requests_total", reason=r)
+            for r in ("too_many_requests", "timeout")
+        )
+        assert counted == sum(r.status_code != 200 for r in responses)
+
+
 # --- two workers --------------------------------------------------------------------------------
 
 
