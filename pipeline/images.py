@@ -12,7 +12,9 @@ torchvision's transforms (which do the same on PIL images) are not an option her
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+import zlib
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -31,6 +33,7 @@ RESIZE_POLICIES: tuple[str, ...] = ("resize_shorter_then_center_crop", "stretch"
 # Bilinear as torchvision's Resize on PIL images; Pillow widens the filter support by the
 # reduction factor, so shrinking a 4000-pixel photo to 64 pixels is antialiased.
 _RESAMPLE = Image.Resampling.BILINEAR
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Decode a JPEG down to no less than this multiple of the target size (see read_image).
 _REDUCING_GAP = 2
 # Pillow modes holding one grey channel (optionally with alpha); everything else becomes RGB.
@@ -107,6 +110,8 @@ def read_image(
                 f"{max_pixels} allowed",
                 reason="too_many_pixels",
             )
+        if image.format == "PNG":
+            _check_png_chunks(data)
         try:
             if draft_for is not None:
                 # Square, so the request holds whichever way EXIF turns the image afterwards.
@@ -115,11 +120,38 @@ def read_image(
             image.load()
             upright = ImageOps.exif_transpose(image) or image
             return _to_array(upright)
+        except ImageReadError:
+            raise
         except Exception as err:  # as above: any decoder failure is a corrupt file
             raise ImageReadError(
                 f"{image.format} image ({width}x{height}) is truncated or corrupt: {err}",
                 reason="truncated_image",
             ) from None
+
+
+def _check_png_chunks(data: bytes) -> None:
+    """Refuse a PNG whose chunk checksums fail, as libpng does for its critical chunks.
+
+    Pillow checks no CRC of the image data (IDAT), so a damaged file can decode to wrong
+    pixels without a word. Chunks after IEND (trailing bytes some tools append) are not read:
+    they are accepted, as every browser does.
+    """
+    offset = len(_PNG_SIGNATURE)
+    while offset + 12 <= len(data):
+        (length,) = struct.unpack_from(">I", data, offset)
+        kind = data[offset + 4 : offset + 8]
+        end = offset + 8 + length
+        if end + 4 > len(data):
+            return  # truncated: the decoder says so with the file's own words
+        (stored,) = struct.unpack_from(">I", data, end)
+        if zlib.crc32(data[offset + 4 : end]) != stored:
+            raise ImageReadError(
+                f"PNG chunk {kind!r} at byte {offset} fails its CRC check: the file is corrupt",
+                reason="truncated_image",
+            )
+        if kind == b"IEND":
+            return
+        offset = end + 4
 
 
 def _to_array(image: Image.Image) -> np.ndarray:
@@ -130,6 +162,8 @@ def _to_array(image: Image.Image) -> np.ndarray:
         # 16-bit grey (e.g. PNG): Pillow's convert("L") would clip, so rescale 0..65535.
         wide = np.asarray(image, dtype=np.float32)
         return np.rint(wide / 257.0).astype(np.uint8)[..., None]
+    if image.mode in ("I", "F"):
+        return _wide_grey(np.asarray(image), image.mode)
     if has_alpha:
         # Composited onto black by Pillow's masked paste: colour * alpha / 255, rounded, in C
         # and in uint8 (a float copy of a 4096x4096 RGBA image would take 256 MB and 1.6 s).
@@ -142,6 +176,33 @@ def _to_array(image: Image.Image) -> np.ndarray:
     if pixels.ndim == 2:
         pixels = pixels[..., None]
     return np.ascontiguousarray(pixels)
+
+
+def _wide_grey(values: np.ndarray, mode: str) -> np.ndarray:
+    """uint8 (H, W, 1) from a 32-bit integer (``I``) or float (``F``) grey image.
+
+    Their scale is not in the file, and Pillow's ``convert("L")`` silently clips, so the scale is
+    read off the values: floats within [0, 1] are fractions of white; values within 0..255 are
+    8-bit levels; integers within 0..65535 are 16-bit levels. Anything else (negative, larger,
+    NaN or infinite) is refused rather than guessed.
+    """
+    wide = values.astype(np.float64)
+    if not np.all(np.isfinite(wide)):
+        raise ImageReadError(f"{mode} image holds NaN or infinite values", reason="non_finite")
+    low, high = float(wide.min()), float(wide.max())
+    if mode == "F" and low >= 0 and high <= 1:
+        scale = 255.0
+    elif low >= 0 and high <= 255:
+        scale = 1.0
+    elif mode == "I" and low >= 0 and high <= 65535:
+        scale = 1 / 257
+    else:
+        raise ImageReadError(
+            f"{mode} image values span {low:g}..{high:g}: expected [0, 1] or 0..255"
+            + (" or 0..65535" if mode == "I" else ""),
+            reason="out_of_range",
+        )
+    return np.rint(wide * scale).astype(np.uint8)[..., None]
 
 
 def _palette_is_grey(image: Image.Image) -> bool:

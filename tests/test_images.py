@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import struct
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -152,3 +155,65 @@ def test_transparency_composites_onto_black_exactly() -> None:
     grey = read_image(encode(rgba, "PNG", "LA"), max_pixels=MAX_PIXELS)
     assert grey.shape == (256, 256, 1)
     np.testing.assert_array_equal(grey[..., 0], want)
+
+
+def _png_with_chunk_flipped(chunk: bytes, where: str) -> bytes:
+    data = bytearray(encode(np.arange(64, dtype=np.uint8).reshape(8, 8), "PNG"))
+    start = data.find(chunk)
+    (length,) = struct.unpack(">I", data[start - 4 : start])
+    data[start + 4 + length if where == "crc" else start + 6] ^= 0xFF
+    return bytes(data)
+
+
+def test_a_png_failing_its_crc_is_refused() -> None:
+    # Pillow decodes it without a word (it reads no IDAT CRC); libpng refuses it.
+    with pytest.raises(ImageReadError, match=r"IDAT.*CRC") as info:
+        read_image(_png_with_chunk_flipped(b"IDAT", "crc"), max_pixels=MAX_PIXELS)
+    assert info.value.reason == "truncated_image"
+    with pytest.raises(ImageReadError, match="CRC"):
+        read_image(_png_with_chunk_flipped(b"IDAT", "data"), max_pixels=MAX_PIXELS)
+
+
+def test_bytes_after_the_end_of_an_image_are_accepted() -> None:
+    grey = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    for fmt in ("PNG", "JPEG"):
+        out = read_image(encode(grey, fmt) + b"trailing junk" * 10, max_pixels=MAX_PIXELS)
+        assert out.shape[:2] == (8, 8)
+
+
+@pytest.mark.parametrize(
+    ("values", "mode", "expected"),
+    [
+        ([[0.0, 1.0], [0.5, 0.25]], "F", [[0, 255], [128, 64]]),  # fractions of white
+        ([[0.0, 255.0], [128.0, 7.0]], "F", [[0, 255], [128, 7]]),  # 8-bit levels
+        ([[0, 65535], [257 * 100, 257]], "I", [[0, 255], [100, 1]]),  # 16-bit levels
+    ],
+)
+def test_wide_grey_images_are_scaled_by_their_range(
+    values: list[list[float]], mode: str, expected: list[list[int]]
+) -> None:
+    dtype = np.float32 if mode == "F" else np.int32
+    image = Image.fromarray(np.array(values, dtype=dtype), mode)
+    buffer = io.BytesIO()
+    image.save(buffer, "TIFF")
+    out = read_image(buffer.getvalue(), max_pixels=MAX_PIXELS)
+    np.testing.assert_array_equal(out[..., 0], expected)
+
+
+@pytest.mark.parametrize(
+    ("values", "reason"),
+    [
+        ([[-5.0, 300.0]], "out_of_range"),
+        ([[np.nan, 1.0]], "non_finite"),
+        ([[np.inf, 0]], "non_finite"),
+    ],
+)
+def test_wide_grey_values_out_of_any_range_are_refused(
+    values: list[list[float]], reason: str
+) -> None:
+    image = Image.fromarray(np.array(values, dtype=np.float32), "F")
+    buffer = io.BytesIO()
+    image.save(buffer, "TIFF")
+    with pytest.raises(ImageReadError) as info:
+        read_image(buffer.getvalue(), max_pixels=MAX_PIXELS)
+    assert info.value.reason == reason
