@@ -142,6 +142,16 @@ class RequestGuard:
                     status=HTTPStatus.SERVICE_UNAVAILABLE,
                 )
                 await _refuse(late, path, scope, receive, send)
+        except Exception:
+            # A bug of ours: the client gets a 500 it can read at once, not a hung connection.
+            if started:
+                raise
+            logger.exception("error while handling %s", path)
+            await error_response(
+                HTTPStatus.INTERNAL_SERVER_ERROR,
+                "internal error of the service (see its log)",
+                "internal_error",
+            )(scope, receive, send)
         finally:
             self._in_flight -= 1
 

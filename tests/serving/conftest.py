@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.config import read_params
 from pipeline.model_card import ModelCard, ReferenceConfidence
@@ -223,3 +224,28 @@ def service_env(model: Path, params: Path, extra_path: Sequence[Path] = ()) -> d
         BENTOML_HOME=str(params.parent / "bentoml_home"),
     )
     return env
+
+
+@dataclass
+class Metrics:
+    """One /metrics scrape: samples by name, summed over matching labels."""
+
+    samples: list[Any]
+
+    @classmethod
+    def scrape(cls, url: str) -> Metrics:
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+        return cls([s for family in text_string_to_metric_families(text) for s in family.samples])
+
+    def get(self, name: str, **labels: str) -> float:
+        return sum(
+            s.value
+            for s in self.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
+
+    def names(self) -> set[str]:
+        return {s.name for s in self.samples}
+
+    def labelsets(self, name: str) -> list[dict[str, str]]:
+        return [s.labels for s in self.samples if s.name == name]

@@ -32,7 +32,6 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.config import load_section, read_params
 from pipeline.images import fit_image
@@ -46,6 +45,7 @@ from tests.serving.conftest import (
     ROOT,
     SIZE,
     ExportedModel,
+    Metrics,
     RunningService,
     free_port,
     no_torch_dir,
@@ -108,31 +108,6 @@ def serve_stage() -> Stage:
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Metrics:
-    """One /metrics scrape: samples by name, summed over matching labels."""
-
-    samples: list[Any]
-
-    @classmethod
-    def scrape(cls, url: str) -> Metrics:
-        text = httpx.get(f"{url}/metrics", timeout=10).text
-        return cls([s for family in text_string_to_metric_families(text) for s in family.samples])
-
-    def get(self, name: str, **labels: str) -> float:
-        return sum(
-            s.value
-            for s in self.samples
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-        )
-
-    def names(self) -> set[str]:
-        return {s.name for s in self.samples}
-
-    def labelsets(self, name: str) -> list[dict[str, str]]:
-        return [s.labels for s in self.samples if s.name == name]
 
 
 def offline(model: ExportedModel, images: list[np.ndarray]) -> np.ndarray:
