@@ -24,12 +24,14 @@ $(STAMP): requirements.lock pyproject.toml
 
 # Debian's dataset-fashion-mnist gives the offline copy; without root or apt-get the download
 # stage falls back to torchvision's download and says so if that fails too. Debian's prometheus
-# gives promtool (rule checks and rule unit tests) and a real scraper for the serving tests.
+# gives promtool (rule checks and rule unit tests) and a real scraper for the serving tests;
+# hey, the HTTP load generator of the serving benchmark.
 system-data:
-	@if { [ ! -d $(FASHION_MNIST) ] || ! command -v promtool >/dev/null; } \
+	@if { [ ! -d $(FASHION_MNIST) ] || ! command -v promtool >/dev/null \
+		|| ! command -v hey >/dev/null; } \
 		&& command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			--no-install-recommends dataset-fashion-mnist prometheus; \
+			--no-install-recommends dataset-fashion-mnist prometheus hey; \
 	fi
 
 repro: setup

@@ -128,7 +128,14 @@ def minimal_server(
 
 
 @pytest.mark.slow
-def test_load_generator_against_the_minimal_service(minimal_server: servers.Server) -> None:
+@pytest.mark.parametrize("generator", ["hey", "python"])
+def test_load_generator_against_the_minimal_service(
+    minimal_server: servers.Server, generator: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if generator == "hey" and loadgen.HEY is None:
+        pytest.skip("hey is not installed (make setup installs Debian's package as root)")
+    if generator == "python":
+        monkeypatch.setattr(loadgen, "HEY", None)
     images, _ = quadrant_images(16, seed=3)
     pngs = [png_bytes(image) for image in images]
     case = loadgen.Case("minimal", "/classify", minimal_server.url, pngs, loadgen.PNG)
