@@ -206,14 +206,16 @@ def _render_http(report: Report) -> list[str]:
         [r.server, r.endpoint, str(r.clients), f"{r.rps:.1f}", f"{r.ips:.0f}", *_latency(r)]
         for r in report.http
     ]
+    generator = s.get("load_generator", "python")
+    tool = "hey (Go), one request body per row" if generator == "hey" else "httpx, asyncio"
     note = (
         f"Closed loop: each client sends its next request as soon as the last is answered "
-        f"(httpx, asyncio, keep-alive connections), {s['seconds']:g} s per row in "
+        f"({tool}, keep-alive connections), {s['seconds']:g} s per row in "
         f"{s['rounds']} rounds alternating the rows of one concurrency; {s['workers']} "
         f"worker(s) per server; servers on ONNX Runtime's {s['server_provider']}; "
-        f"/classify_batch sends {BATCH_IMAGES} images per request. The load generator is one "
-        f"Python process on the same {cpus} CPUs as the servers: the CPU it uses is taken from "
-        f"them, so absolute rates understate a server with its own cores; compare rows."
+        f"/classify_batch sends {BATCH_IMAGES} images per request. The load generator runs on "
+        f"the same {cpus} CPUs as the servers: the CPU it uses is taken from them, so absolute "
+        f"rates understate a server with its own cores; compare rows."
     )
     header = ["server", "endpoint", "clients", "req/s", "img/s", "p50 ms", "p99 ms", "errors"]
     return ["### HTTP service vs minimal BentoML service", note, table(header, rows, left=2)]

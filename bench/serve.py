@@ -44,6 +44,7 @@ if not __package__:  # run as ``python bench/serve.py``: the repo root makes ``b
 
 from bench.engines import ENGINE_BATCHES, compare_engines, load_engines
 from bench.loadgen import (
+    HEY,
     JSON,
     PNG,
     Case,
@@ -136,6 +137,7 @@ def run(args: argparse.Namespace, command: str) -> Report:
         "images": source,
         "ort_threads": session.get_session_options().intra_op_num_threads or "default",
         "server_provider": provider,
+        "load_generator": "hey" if HEY is not None else "python",
     }
     checks = engine_checks(rates) + http_checks(http, args.clients)
     return Report(command, machine(args.device), settings, rates, http, checks)
