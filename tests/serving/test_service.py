@@ -662,13 +662,18 @@ def test_a_bad_model_stops_the_server_at_once(
 
 
 @pytest.mark.slow
-def test_a_killed_workers_gauges_leave_metrics(
+def test_a_worker_killed_under_load_loses_only_its_requests_and_its_gauges(
     exported_model: ExportedModel, tmp_path: Path
 ) -> None:
+    """Two workers under load from 8 clients that never retry; one worker gets SIGKILL. The
+    other keeps answering, the lost requests are at most those the dead worker held (one in
+    flight and one kept-alive connection per client), and its window gauges leave /metrics."""
+    clients, seconds, kill_at = 8, 6.0, 2.0
     port = free_port()
     params = write_params(tmp_path / "params.yaml", port=port, workers=2, batching=False, **LIMITS)
     argv = [str(Path(sys.executable).parent / "bentoml"), "serve", SERVICE]
     env = service_env(exported_model.path, params)
+    body = png_bytes(sample_images(1, seed=0)[0])
     with run_service(argv, env, port, tmp_path / "service.log") as running:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while running.log_text().count("warm-up batch done") < 2:
@@ -683,7 +688,42 @@ def test_a_killed_workers_gauges_leave_metrics(
                 break
         assert len(pids) == 2, pids
         victim = min(pids)
-        os.kill(int(victim), signal.SIGKILL)
+
+        async def load() -> tuple[int, int, int]:
+            ok_before = ok_after = failed = 0
+            start = time.monotonic()
+            transport = httpx.AsyncHTTPTransport(retries=0)
+            async with httpx.AsyncClient(
+                base_url=running.url, timeout=30, transport=transport
+            ) as client:
+
+                async def one_client() -> None:
+                    nonlocal ok_before, ok_after, failed
+                    while time.monotonic() - start < seconds:
+                        try:
+                            answer = await client.post(
+                                "/classify", content=body, headers={"Content-Type": PNG}
+                            )
+                            ok = answer.status_code == 200
+                        except httpx.HTTPError:
+                            ok = False
+                        if not ok:
+                            failed += 1
+                        elif time.monotonic() - start < kill_at:
+                            ok_before += 1
+                        else:
+                            ok_after += 1
+
+                async def killer() -> None:
+                    await asyncio.sleep(kill_at)
+                    os.kill(int(victim), signal.SIGKILL)
+
+                await asyncio.gather(killer(), *(one_client() for _ in range(clients)))
+            return ok_before, ok_after, failed
+
+        ok_before, ok_after, failed = asyncio.run(load())
+        assert ok_before > 0 and ok_after > 0
+        assert failed <= 2 * clients, f"{failed} requests lost"
         deadline = time.monotonic() + 30
         while True:
             with contextlib.suppress(httpx.HTTPError):
@@ -692,7 +732,7 @@ def test_a_killed_workers_gauges_leave_metrics(
                     break
             assert time.monotonic() < deadline, f"pid {victim}'s gauges still in /metrics"
             time.sleep(0.5)
-        assert post_image(running.url, png_bytes(sample_images(1, seed=0)[0])).status_code == 200
+        assert post_image(running.url, body).status_code == 200
 
 
 # --- in-process checks -------------------------------------------------------------------------
