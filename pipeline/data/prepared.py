@@ -201,6 +201,9 @@ def save_prepared(data: PreparedData, out_dir: Path) -> None:
         out_dir: Destination folder, created if needed.
     """
     out_dir = Path(out_dir)
+    # The marker goes first and comes back last: a rewrite killed half-way leaves no meta.json,
+    # never the old one beside a mix of old and new arrays.
+    (out_dir / "meta.json").unlink(missing_ok=True)
     _save_npy(out_dir / "x_train.npy", data.train.images)
     _save_npy(out_dir / "x_test.npy", data.test.images)
     _save_npz(out_dir / "labels.npz", {"y_train": data.train.labels, "y_test": data.test.labels})
