@@ -11,7 +11,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: setup system-data repro repro-cifar10 test lint bench-train bench-serve bench-folder study
+.PHONY: setup system-data repro repro-cifar10 test lint bench-train bench-serve bench-folder bench-load study
 
 setup: $(STAMP) system-data
 
@@ -51,6 +51,11 @@ bench-train: setup
 # training images/s of tv:resnet18 at 64x64 against small_cnn at 28x28. About 2 minutes.
 bench-folder: setup
 	$(BIN)/python bench/folder.py
+
+# Mixed valid/invalid load on the service with memory and counters (docs/benchmarks.md);
+# needs models/model.onnx (make repro) and hey. About 2 minutes.
+bench-load: setup
+	$(BIN)/python bench/load.py --requests 20000 --rounds 3
 
 # Serving speed (docs/benchmarks.md); needs models/model.onnx (make repro). About 3 minutes.
 bench-serve: setup
