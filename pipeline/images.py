@@ -79,7 +79,8 @@ def read_image(
 
     Raises:
         ImageReadError: For empty bytes, bytes in no accepted format, a truncated or corrupt
-            file, a zero-sized image or one over ``max_pixels``.
+            file (a PNG chunk failing its CRC included), a zero-sized image, one over
+            ``max_pixels``, or a 32-bit grey image whose values fit no known scale.
     """
     if not data:
         raise ImageReadError("the image is empty (0 bytes)", reason="empty_body")
@@ -89,9 +90,8 @@ def read_image(
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageReadError(f"image too large to decode ({err})", reason="too_many_pixels") from (
-            None
-        )
+        message = f"image too large to decode ({err})"
+        raise ImageReadError(message, reason="too_many_pixels") from None
     # Decoders raise many exception types on malformed input (UnidentifiedImageError, OSError,
     # SyntaxError, but also TypeError, RuntimeError, NotImplementedError...): all mean the same.
     except Exception:
