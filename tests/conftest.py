@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 import urllib.error
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,16 @@ def synthetic_prepared(
         ood={},
         resize="resize_shorter_then_center_crop",
     )
+
+
+def require_hey() -> None:
+    """Skip a test that needs the ``hey`` load generator where it is missing; in CI, where
+    ``make setup`` installs it, its absence is a failure, not a skip."""
+    if shutil.which("hey") is None:
+        message = "hey is not installed (make setup installs Debian's package as root)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
 
 
 @pytest.fixture

@@ -20,11 +20,10 @@ from tests.serving.conftest import (
     free_port,
     no_torch_dir,
     run_service,
+    serve_argv,
     service_env,
     write_params,
 )
-
-SERVICE = "serving.service:ImageClassifier"
 
 TRACKED = ["dvc.yaml", "pipeline", "stages", "checksums", ".dvcignore", "images"]
 
@@ -136,7 +135,7 @@ def test_dvc_repro_on_an_image_folder_then_the_service_names_its_classes(
     port = free_port()
     serve_params = write_params(tmp_path / "serve.yaml", port=port, workers=1)
     env = service_env(project / "models" / "model.onnx", serve_params, [no_torch_dir(tmp_path)])
-    argv = [str(Path(sys.executable).parent / "bentoml"), "serve", SERVICE]
+    argv = serve_argv()
     photo = encode(class_image(CLASS_COLOURS["fox"], (150, 200), 77), "JPEG", quality=90)
     with run_service(argv, env, port, tmp_path / "service.log") as service:
         answer = httpx.post(

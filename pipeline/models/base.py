@@ -6,6 +6,7 @@ References:
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,7 +16,7 @@ from torch import nn
 Stage = Callable[[torch.Tensor], torch.Tensor]
 
 
-class MixableNet(nn.Module):
+class MixableNet(nn.Module, metaclass=abc.ABCMeta):
     """A classifier whose forward pass splits into stages at the places mixing is allowed.
 
     Mix layer ``0`` is the input image and mix layer ``k`` (``1 <= k < num_mix_layers``) is the
@@ -34,19 +35,19 @@ class MixableNet(nn.Module):
 
     arch: str = ""
 
+    @abc.abstractmethod
     def _stages(self) -> Sequence[Stage]:
         """The forward pass as an ordered list of callables, the last of which gives logits."""
-        raise NotImplementedError
 
     @property
+    @abc.abstractmethod
     def head(self) -> nn.Module:
         """The classifier that fine-tuning trains at the full learning rate (see param_groups)."""
-        raise NotImplementedError
 
     @property
+    @abc.abstractmethod
     def default_manifold_layer(self) -> int:
         """Mix layer recommended for this architecture."""
-        raise NotImplementedError
 
     @property
     def num_mix_layers(self) -> int:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bench import load, servers
+from tests.conftest import require_hey
 from tests.serving import conftest as serving
 from tests.serving.conftest import ROOT, ExportedModel, quadrant_images
 
@@ -43,8 +44,7 @@ Error distribution:
 def test_a_short_mixed_load_is_answered_as_expected_and_counted(
     exported_model: ExportedModel, tmp_path: Path
 ) -> None:
-    if load.HEY is None:
-        pytest.skip("hey is not installed (make setup installs Debian's package as root)")
+    require_hey()
     image = quadrant_images(1, seed=0)[0][0]
     port = servers.free_port()
     params = servers.write_params(ROOT / "params.yaml", tmp_path / "params.yaml", port=port)

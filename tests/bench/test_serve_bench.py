@@ -20,6 +20,7 @@ from pipeline.checkpoint import save_checkpoint
 from pipeline.export import export_onnx
 from pipeline.models import build_model
 from pipeline.preprocessing import to_model_input
+from tests.conftest import require_hey
 from tests.serving import conftest as serving
 from tests.serving.conftest import ROOT, SIZE, ExportedModel, png_bytes, quadrant_images
 
@@ -132,8 +133,8 @@ def minimal_server(
 def test_load_generator_against_the_minimal_service(
     minimal_server: servers.Server, generator: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if generator == "hey" and loadgen.HEY is None:
-        pytest.skip("hey is not installed (make setup installs Debian's package as root)")
+    if generator == "hey":
+        require_hey()
     if generator == "python":
         monkeypatch.setattr(loadgen, "HEY", None)
     images, _ = quadrant_images(16, seed=3)

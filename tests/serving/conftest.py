@@ -30,6 +30,12 @@ ROOT = Path(__file__).parents[2]
 CLASS_NAMES = ["top_left", "top_right", "bottom_left", "bottom_right"]
 SIZE = 12  # model input is SIZE x SIZE x 1
 READY_TIMEOUT_S = 90.0
+SERVICE = "serving.service:ImageClassifier"
+
+
+def serve_argv() -> list[str]:
+    """``bentoml serve`` of the service, from this venv."""
+    return [str(Path(sys.executable).parent / "bentoml"), "serve", SERVICE]
 
 
 def quadrant_images(n: int, seed: int = 0, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import io
 import os
-import sys
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -28,6 +26,7 @@ from tests.serving.conftest import (
     free_port,
     quadrant_images,
     run_service,
+    serve_argv,
     service_env,
     write_params,
 )
@@ -35,7 +34,6 @@ from tests.serving.conftest import (
 FORMATS = ("PNG", "JPEG", "GIF", "TIFF", "BMP", "WEBP")
 # 60 per format in CI (about 6 s); RANKCAL_FUZZ_MUTANTS=2000 for a long run by hand.
 MUTANTS_PER_FORMAT = int(os.environ.get("RANKCAL_FUZZ_MUTANTS", "60"))
-SERVICE = "serving.service:ImageClassifier"
 
 
 def valid_file(fmt: str, seed: int) -> bytes:
@@ -91,7 +89,7 @@ def fuzz_service(
     params = write_params(
         tmp / "params.yaml", port=port, workers=1, max_latency_ms=10_000, max_image_pixels=1 << 20
     )
-    argv = [str(Path(sys.executable).parent / "bentoml"), "serve", SERVICE]
+    argv = serve_argv()
     with run_service(argv, service_env(exported_model.path, params), port, tmp / "log") as running:
         yield running
 

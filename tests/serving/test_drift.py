@@ -25,7 +25,6 @@ import asyncio
 import dataclasses
 import functools
 import re
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,13 +52,13 @@ from tests.serving.conftest import (
     free_port,
     png_bytes,
     run_service,
+    serve_argv,
     service_env,
     train_toy_model,
     write_params,
 )
 
 ALERT_RULES = ROOT / "serving" / "prometheus" / "alert_rules.yml"
-SERVICE = "serving.service:ImageClassifier"
 CPU = "CPUExecutionProvider"
 # Faint quadrants: the lit quadrant is BOOST grey levels above uniform noise in [0, 255 - BOOST].
 BOOST = 40
@@ -421,7 +420,7 @@ def drift_service(calibrated_model: ExportedModel, tmp_path: Path) -> Iterator[R
         tmp_path / "params.yaml", port=port, workers=1, window=WINDOW, max_latency_ms=10_000
     )
     env = service_env(calibrated_model.path, params)
-    argv = [str(Path(sys.executable).parent / "bentoml"), "serve", SERVICE]
+    argv = serve_argv()
     with run_service(argv, env, port, tmp_path / "service.log") as running:
         yield running
 

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import math
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,6 +32,7 @@ from tests.serving.conftest import (
     png_bytes,
     quadrant_images,
     run_service,
+    serve_argv,
     service_env,
     stop_process_group,
     write_params,
@@ -42,7 +42,6 @@ PROMETHEUS = Path("/usr/bin/prometheus")
 RULE_FILES = [
     ROOT / "serving" / "prometheus" / f for f in ("recording_rules.yml", "alert_rules.yml")
 ]
-SERVICE = "serving.service:ImageClassifier"
 JOB = "rankcal"
 WAIT_S = 20.0  # longest wait for any one Prometheus condition
 
@@ -182,7 +181,7 @@ def test_prometheus_scrapes_the_service_and_evaluates_the_rules(
     port = free_port()
     params = write_params(tmp_path / "params.yaml", port=port, workers=2, max_latency_ms=10_000)
     env = service_env(exported_model.path, params)
-    argv = [str(Path(sys.executable).parent / "bentoml"), "serve", SERVICE]
+    argv = serve_argv()
     config = prometheus_config(tmp_path, port)
     images, _ = quadrant_images(30, seed=31)
     confidence = offline_confidence(exported_model, images)

@@ -43,6 +43,7 @@ from tests.serving.conftest import (
     CLASS_NAMES,
     READY_TIMEOUT_S,
     ROOT,
+    SERVICE,
     SIZE,
     ExportedModel,
     Metrics,
@@ -52,13 +53,13 @@ from tests.serving.conftest import (
     png_bytes,
     quadrant_images,
     run_service,
+    serve_argv,
     service_env,
     write_params,
 )
 from tests.serving.test_images import png_with_header_size
 
 DOCKERFILE = ROOT / "Dockerfile"
-SERVICE = "serving.service:ImageClassifier"
 # Limits of the test service, small enough to trip with small payloads.
 LIMITS = {"max_request_bytes": 65536, "max_image_pixels": 4096, "max_batch_items": 16}
 
@@ -509,7 +510,7 @@ def test_decoding_does_not_stall_the_worker(exported_model: ExportedModel, tmp_p
                 await asyncio.sleep(0.05)
             return [r.status_code for r in await uploads], max(probes, default=0.0)
 
-    argv = [str(Path(sys.executable).parent / "bentoml"), "serve", SERVICE]
+    argv = serve_argv()
     with run_service(argv, env, port, tmp_path / "service.log") as running:
         statuses, slowest_probe = asyncio.run(load_and_probe(running.url))
     assert statuses == [200] * 16
@@ -524,7 +525,7 @@ def test_concurrency_limit_and_timeout_answer_in_the_contract(
     serve.timeout_s 0.05, a heavy upload gets 503 "timeout". Both counted, both JSON."""
     heavy = transparent_png(4096)
     port = free_port()
-    argv = [str(Path(sys.executable).parent / "bentoml"), "serve", SERVICE]
+    argv = serve_argv()
     for overrides, expected in [
         ({"max_concurrency": 2, "timeout_s": 30.0}, {200, 429}),
         ({"max_concurrency": 64, "timeout_s": 0.05}, {503}),
@@ -588,7 +589,7 @@ def test_two_workers_aggregate_metrics(exported_model: ExportedModel, tmp_path: 
             ]
             return await asyncio.gather(*singles, batch, *bad)
 
-    argv = [str(Path(sys.executable).parent / "bentoml"), "serve", SERVICE]
+    argv = serve_argv()
     with run_service(argv, env, port, tmp_path / "service.log") as running:
         # /readyz answers from whichever worker takes the request: wait for both warm-ups.
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -652,7 +653,7 @@ def test_a_bad_model_stops_the_server_at_once(
     """Not workers restarted every 10 s forever: `bentoml serve` exits 1 with one line."""
     model = make(exported_model.path, tmp_path)
     params = write_params(tmp_path / "params.yaml", port=free_port())
-    argv = [str(Path(sys.executable).parent / "bentoml"), "serve", SERVICE]
+    argv = serve_argv()
     done = subprocess.run(
         argv, cwd=ROOT, env=service_env(model, params), capture_output=True, text=True, timeout=120
     )
@@ -671,7 +672,7 @@ def test_a_worker_killed_under_load_loses_only_its_requests_and_its_gauges(
     clients, seconds, kill_at = 8, 6.0, 2.0
     port = free_port()
     params = write_params(tmp_path / "params.yaml", port=port, workers=2, batching=False, **LIMITS)
-    argv = [str(Path(sys.executable).parent / "bentoml"), "serve", SERVICE]
+    argv = serve_argv()
     env = service_env(exported_model.path, params)
     body = png_bytes(sample_images(1, seed=0)[0])
     with run_service(argv, env, port, tmp_path / "service.log") as running:
