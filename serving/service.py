@@ -24,7 +24,6 @@ from typing import Annotated, Any
 
 import bentoml
 import numpy as np
-from bentoml.exceptions import BentoMLException
 from bentoml.validators import ContentType
 from pydantic import AfterValidator, BaseModel, BeforeValidator
 from pydantic_core import PydanticCustomError
@@ -98,16 +97,6 @@ class BatchPrediction(BaseModel):
     predictions: list[Prediction]
 
 
-def _model_size() -> tuple[int, int] | None:
-    """The served model's ``(height, width)``: a JPEG is decoded at the scale the data stage
-    decoded its images at. ``None`` (full size) only outside a started service."""
-    try:
-        height, width, _ = bentoml.get_current_service().predictor.image_shape
-    except BentoMLException:
-        return None
-    return height, width
-
-
 def _fit_upload(data: bytes) -> bytes:
     """Decode an uploaded image and fit it to the model, for :class:`RequestGuard`.
 
@@ -131,7 +120,7 @@ def _decode_upload(data: bytes) -> list[np.ndarray]:
         fitted = read_fitted(data, shape)
         if fitted is not None:
             return [fitted]
-        return [decode_image(data, max_pixels=SERVE.max_image_pixels, draft_for=_model_size())]
+        return [decode_image(data, max_pixels=SERVE.max_image_pixels, draft_for=shape[:2])]
     except InputError as err:
         raise PydanticCustomError(err.reason, "{message}", {"message": str(err)}) from None
 
