@@ -1,7 +1,7 @@
 """Closed-loop HTTP load: N clients, each sending its next request as soon as the last is answered.
 
-The request bodies (PNG files, ``/classify_batch`` JSON), the load itself (``hey`` where it is
-installed, else httpx on asyncio, keep-alive connections), its tallies and their summary
+The request bodies (PNG files, ``/classify_batch`` JSON or ``.npy``), the load itself (``hey``
+where it is installed, else httpx on asyncio, keep-alive connections), its tallies and their summary
 (throughput, p50 and p99 latency), and the progress lines the benchmark prints on stderr.
 """
 
@@ -24,9 +24,12 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from serving.npy import MEDIA_TYPE
+
 HEY = shutil.which("hey")
 PNG = {"Content-Type": "image/png"}
 JSON = {"Content-Type": "application/json"}
+NPY = {"Content-Type": MEDIA_TYPE}
 
 
 def clients_label(n: int) -> str:
@@ -79,6 +82,7 @@ class Case:
     bodies: Sequence[bytes]
     headers: dict[str, str]
     images_per_request: int = 1
+    label: str | None = None  # what the results call it; the endpoint by default
 
 
 @dataclass
@@ -126,7 +130,7 @@ class LoadResult:
         n = len(tally.latencies)
         return cls(
             server=case.server,
-            endpoint=case.endpoint,
+            endpoint=case.label or case.endpoint,
             clients=clients,
             requests=n,
             errors=tally.errors,

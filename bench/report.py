@@ -23,6 +23,7 @@ from bench.servers import MINIMAL, OFF, ON
 
 BATCH_IMAGES = 64  # images per /classify_batch request
 TARGET_CLIENTS = 8  # the concurrency the serving targets are checked at
+NPY_LABEL = "/classify_batch (npy)"  # the batch endpoint sent .npy bodies
 
 
 @dataclass(frozen=True)
@@ -103,11 +104,37 @@ def latency_and_batch_checks(results: Sequence[LoadResult], n: int) -> list[Chec
     return checks
 
 
-def http_checks(results: Sequence[LoadResult], clients: Sequence[int]) -> list[Check]:
+def npy_checks(
+    results: Sequence[LoadResult], clients: Sequence[int], rates: Sequence[EngineRate]
+) -> list[Check]:
+    """The batch endpoint with ``.npy`` bodies at least half ONNX Runtime's own images/s at
+    batch :data:`BATCH_IMAGES` (the rate of the engines part, same model, same machine, same
+    run); checked at :data:`TARGET_CLIENTS`, reported at the other concurrencies."""
+    engine = next((r for r in rates if r.batch == BATCH_IMAGES), None)
+    if engine is None:
+        return []
+    checks = []
+    for n in clients:
+        served = find(results, ON, NPY_LABEL, n)
+        ratio = served.ips / engine.ort_ips if engine.ort_ips else math.nan
+        checks.append(
+            Check(
+                f"{NPY_LABEL} ≥ 50% of ONNX Runtime's img/s at batch {BATCH_IMAGES}, "
+                f"{clients_label(n)}",
+                f"{served.ips:.0f} / {engine.ort_ips:.0f} img/s = {ratio:.0%}",
+                ratio >= 0.5 if n == TARGET_CLIENTS else None,
+            )
+        )
+    return checks
+
+
+def http_checks(
+    results: Sequence[LoadResult], clients: Sequence[int], rates: Sequence[EngineRate] = ()
+) -> list[Check]:
     """All serving targets; those needing :data:`TARGET_CLIENTS` say so when it was not run."""
     if not results:
         return []
-    checks = overhead_checks(results, clients)
+    checks = overhead_checks(results, clients) + npy_checks(results, clients, rates)
     if TARGET_CLIENTS in clients:
         return checks + latency_and_batch_checks(results, TARGET_CLIENTS)
     return [*checks, Check(f"targets at {clients_label(TARGET_CLIENTS)}", "not measured", None)]
@@ -213,9 +240,9 @@ def _render_http(report: Report) -> list[str]:
         f"({tool}, keep-alive connections), {s['seconds']:g} s per row in "
         f"{s['rounds']} rounds alternating the rows of one concurrency; {s['workers']} "
         f"worker(s) per server; servers on ONNX Runtime's {s['server_provider']}; "
-        f"/classify_batch sends {BATCH_IMAGES} images per request. The load generator runs on "
-        f"the same {cpus} CPUs as the servers: the CPU it uses is taken from them, so absolute "
-        f"rates understate a server with its own cores; compare rows."
+        f"/classify_batch sends {BATCH_IMAGES} images per request (JSON, or a .npy file). The "
+        f"load generator runs on the same {cpus} CPUs as the servers: the CPU it uses is taken "
+        f"from them, so absolute rates understate a server with its own cores; compare rows."
     )
     header = ["server", "endpoint", "clients", "req/s", "img/s", "p50 ms", "p99 ms", "errors"]
     return ["### HTTP service vs minimal BentoML service", note, table(header, rows, left=2)]

@@ -5,7 +5,8 @@
    preprocessed images, at batch 1 and 64, timed in alternating rounds (ABBA...).
 2. The service (``serving/service.py``) under closed-loop load: N clients, each sending its next
    request as soon as the last is answered, on ``/classify`` (one PNG per request) with adaptive
-   batching on and off, and on ``/classify_batch`` (64 images per request).
+   batching on and off, and on ``/classify_batch`` (64 images per request, as JSON and as a
+   ``.npy`` file).
 3. The framework's floor, ``bench/minimal_service.py`` (decode + the same ONNX session, and an
    echo), under the same load and with the same worker count.
 
@@ -38,6 +39,7 @@ import numpy as np
 
 from pipeline.data import DataError, load_prepared
 from pipeline.preprocessing import to_model_input
+from serving.npy import npy_bytes
 
 if not __package__:  # run as ``python bench/serve.py``: the repo root makes ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -46,6 +48,7 @@ from bench.engines import ENGINE_BATCHES, compare_engines, load_engines
 from bench.loadgen import (
     HEY,
     JSON,
+    NPY,
     PNG,
     Case,
     LoadResult,
@@ -54,7 +57,15 @@ from bench.loadgen import (
     measure_http,
     png_bytes,
 )
-from bench.report import BATCH_IMAGES, Report, engine_checks, http_checks, machine, render
+from bench.report import (
+    BATCH_IMAGES,
+    NPY_LABEL,
+    Report,
+    engine_checks,
+    http_checks,
+    machine,
+    render,
+)
 from bench.servers import MINIMAL, OFF, ON, Server, probe, running_servers, served_provider
 
 # --- inputs ------------------------------------------------------------------------------------
@@ -79,11 +90,13 @@ def http_cases(servers: dict[str, Server], images: np.ndarray) -> list[Case]:
     pngs = [png_bytes(image) for image in images]
     starts = range(0, max(1, len(images) - BATCH_IMAGES + 1), BATCH_IMAGES)
     batches = [batch_body(images[s : s + BATCH_IMAGES]) for s in starts]
+    npy_batches = [npy_bytes(images[s : s + BATCH_IMAGES]) for s in starts]
     per_batch = min(BATCH_IMAGES, len(images))
     return [
         Case(ON, "/classify", servers[ON].url, pngs, PNG),
         Case(OFF, "/classify", servers[OFF].url, pngs, PNG),
         Case(ON, "/classify_batch", servers[ON].url, batches, JSON, per_batch),
+        Case(ON, "/classify_batch", servers[ON].url, npy_batches, NPY, per_batch, NPY_LABEL),
         Case(MINIMAL, "/classify", servers[MINIMAL].url, pngs, PNG),
         Case(MINIMAL, "/echo", servers[MINIMAL].url, pngs, PNG),
     ]
@@ -139,7 +152,7 @@ def run(args: argparse.Namespace, command: str) -> Report:
         "server_provider": provider,
         "load_generator": "hey" if HEY is not None else "python",
     }
-    checks = engine_checks(rates) + http_checks(http, args.clients)
+    checks = engine_checks(rates) + http_checks(http, args.clients, rates)
     return Report(command, machine(args.device), settings, rates, http, checks)
 
 

@@ -31,6 +31,7 @@ from starlette.responses import JSONResponse
 
 from pipeline.config import ServeConfig, load_section, read_params
 from pipeline.preprocessing import match_channels
+from serving import npy
 from serving.guard import BodyStep, RequestGuard, error_response
 from serving.images import (
     InputError,
@@ -67,8 +68,9 @@ except ModelFileError as err:
 # Content-Type header is let through, as BentoML reads it as the route's default).
 ROUTES: dict[str, tuple[str, ...]] = {
     "/classify": ("image/*", "application/octet-stream"),
-    "/classify_batch": ("application/json",),
+    "/classify_batch": ("application/json", npy.MEDIA_TYPE),
 }
+npy.register(field="images")
 
 
 class ClassProbability(BaseModel):
@@ -193,12 +195,15 @@ class ImageClassifier:
 
     @bentoml.api(route="/classify_batch", output_spec=BatchPrediction)
     def classify_batch(self, images: np.ndarray) -> BatchPrediction | JSONResponse:
-        """Classify already-sized images: ``{"images": N x H x W (x C) nested lists}``."""
+        """Classify already-sized images: ``{"images": N x H x W (x C) nested lists}`` as JSON,
+        or the same array as a ``.npy`` file (``application/x-npy``, :mod:`serving.npy`)."""
         try:
             batch = as_uint8_batch(
                 images, self.predictor.image_shape, max_items=SERVE.max_batch_items
             )
         except InputError as err:
+            # One line like the guard's refusals (the guard's rewriter counts it).
+            logger.info("refused /classify_batch [POST]: %s", err.reason)
             return error_response(err.status, str(err), err.reason)
         batch = match_channels(batch, self.predictor.image_shape[2])
         return BatchPrediction(predictions=self._predict(batch))

@@ -92,10 +92,13 @@ def test_checks_pass_and_fail_on_the_targets() -> None:
         result(servers.ON, "/classify", 90, 10, 20),  # 90% of the floor, tail 2x
         result(servers.OFF, "/classify", 70, 10, 40),  # 70% of the floor, tail 4x
         result(servers.ON, "/classify_batch", 1000, 50, 60),  # 11x ON, 14x OFF
+        result(servers.ON, report.NPY_LABEL, 2000, 20, 30),
         result(servers.MINIMAL, "/classify", 100, 5, 6),
     ]
-    verdicts = {c.target: c.passed for c in report.http_checks(results, [8])}
+    ort = [engines.EngineRate(1, 100.0, 10.0, 0.0), engines.EngineRate(64, 3900.0, 100.0, 0.0)]
+    verdicts = {c.target: c.passed for c in report.http_checks(results, [8], ort)}
     assert verdicts == {
+        "/classify_batch (npy) ≥ 50% of ONNX Runtime's img/s at batch 64, 8 clients": True,
         "service, batching on: /classify ≥ 80% of minimal's img/s, 8 clients": True,
         "service, batching off: /classify ≥ 80% of minimal's img/s, 8 clients": False,
         "service, batching on: /classify p99 ≤ 3 × p50, 8 clients": True,
@@ -103,6 +106,11 @@ def test_checks_pass_and_fail_on_the_targets() -> None:
         "/classify_batch img/s ≥ 10 × /classify (service, batching on), 8 clients": True,
         "/classify_batch img/s ≥ 10 × /classify (service, batching off), 8 clients": True,
     }
+    ort[1] = engines.EngineRate(64, 4100.0, 100.0, 0.0)  # 2000 / 4100 = 49%
+    verdicts = {c.target: c.passed for c in report.http_checks(results, [8], ort)}
+    assert not verdicts[
+        "/classify_batch (npy) ≥ 50% of ONNX Runtime's img/s at batch 64, 8 clients"
+    ]
     rates = [engines.EngineRate(1, 300.0, 100.0, 0.0), engines.EngineRate(64, 200.0, 100.0, 0.0)]
     assert [c.passed for c in report.engine_checks(rates)] == [True, False]
 
@@ -200,16 +208,19 @@ def test_main_measures_all_three_servers(
     argv += ["--params", str(params), "--data", str(tmp_path), "--images", "128"]
     argv += ["--seconds", "0.3", "--rounds", "1", "--clients", "8", "--out", str(out)]
     assert serve.main(argv) == 0
-    report = capsys.readouterr().out
-    assert "### HTTP service vs minimal BentoML service" in report
+    printed = capsys.readouterr().out
+    assert "### HTTP service vs minimal BentoML service" in printed
     data = json.loads(out.read_text())
     rows = {(r["server"], r["endpoint"], r["clients"]): r for r in data["http"]}
-    assert len(rows) == 5
+    assert len(rows) == 6
     for row in rows.values():
         assert row["errors"] == 0 and row["requests"] > 0
         assert row["p50_ms"] <= row["p99_ms"]
     batch = rows[(servers.ON, "/classify_batch", 8)]
     assert batch["images"] == serve.BATCH_IMAGES * batch["requests"]
+    npy = rows[(servers.ON, report.NPY_LABEL, 8)]
+    assert npy["images"] == serve.BATCH_IMAGES * npy["requests"]
     assert data["settings"]["server_provider"].endswith("ExecutionProvider")
     judged = [c for c in data["checks"] if c["passed"] is not None]
-    assert len(judged) == 2 + 2 + 4  # engines; overhead at 8 clients; tail and batch gain
+    # engines; overhead at 8 clients; npy against ORT; tail and batch gain
+    assert len(judged) == 2 + 2 + 1 + 4

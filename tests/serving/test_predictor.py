@@ -157,3 +157,8 @@ def test_execution_providers_end_with_cpu() -> None:
     assert ("CUDAExecutionProvider" in providers) == (
         "CUDAExecutionProvider" in ort.get_available_providers()
     )
+
+
+def test_the_service_session_does_not_spin_wait(predictor: Predictor) -> None:
+    options = predictor.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"

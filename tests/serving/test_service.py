@@ -37,7 +37,9 @@ from pipeline.config import load_section, read_params
 from pipeline.images import fit_image
 from pipeline.model_card import INPUT_NAME
 from pipeline.preprocessing import to_model_input
+from serving import client
 from serving.index_page import ROUTES
+from serving.npy import npy_bytes
 from serving.predictor import execution_providers
 from tests.serving.conftest import (
     CLASS_NAMES,
@@ -58,6 +60,7 @@ from tests.serving.conftest import (
     write_params,
 )
 from tests.serving.test_images import png_with_header_size
+from tests.serving.test_npy import npy_pickled, npy_shape, npy_version
 
 DOCKERFILE = ROOT / "Dockerfile"
 # Limits of the test service, small enough to trip with small payloads.
@@ -243,13 +246,36 @@ def test_batch_endpoint_matches_offline_onnx(
     images = np.stack(sample_images(6, seed=13))
     expected = offline(exported_model, list(images))
     rgb = np.repeat(images, 3, axis=3)
-    for payload in (images[..., 0].tolist(), (images / 255.0).tolist(), rgb.tolist()):
-        response = httpx.post(f"{service.url}/classify_batch", json={"images": payload})
+    as_json = [{"json": {"images": a.tolist()}} for a in (images[..., 0], images / 255.0, rgb)]
+    as_npy = [
+        {"content": npy_bytes(a), "headers": {"Content-Type": NPY}}
+        for a in (images, images[..., 0], (images / 255.0).astype(np.float32), rgb.astype(">u2"))
+    ]
+    for request in [*as_json, *as_npy]:
+        response = httpx.post(f"{service.url}/classify_batch", **request)
         assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "application/json"
         predictions = response.json()["predictions"]
         assert len(predictions) == len(images)
         for prediction, probs in zip(predictions, expected, strict=True):
             assert_matches(prediction, probs, exported_model)
+
+
+def test_the_python_client_sends_npy_and_gets_the_offline_answers(
+    service: RunningService, exported_model: ExportedModel, tmp_path: Path
+) -> None:
+    images = np.stack(sample_images(5, seed=15))
+    expected = offline(exported_model, list(images))
+    for prediction, probs in zip(
+        client.classify_batch(images, url=service.url), expected, strict=True
+    ):
+        assert_matches(prediction, probs, exported_model)
+    path = tmp_path / "one.png"
+    path.write_bytes(png_bytes(images[0]))
+    assert_matches(client.classify(path, url=service.url), expected[0], exported_model)
+    with pytest.raises(httpx.HTTPStatusError) as refused:
+        client.classify_batch(images[:, :-1], url=service.url)
+    assert refused.value.response.json()["reason"] == "bad_shape"
 
 
 def test_metrics_count_what_was_served(
@@ -325,6 +351,7 @@ def _other_format(fmt: str, mutate: bool = False) -> Callable[[], bytes]:
 IMG, BATCH = "/classify", "/classify_batch"
 PNG, JSON, PICKLE = "image/png", "application/json", "application/vnd.bentoml+pickle"
 FORM = "application/x-www-form-urlencoded"
+NPY = "application/x-npy"
 # route, body, content type (None: no header), status, reason
 BAD_INPUTS = [
     pytest.param(IMG, lambda: b"", PNG, 400, "empty_body", id="empty"),
@@ -381,6 +408,76 @@ BAD_INPUTS = [
     pytest.param(BATCH, _json({"images": [[1, 2], [3]]}), JSON, 400, "value_error", id="b_ragged"),
     pytest.param(BATCH, lambda: b'{"images": [', JSON, 400, "json_invalid", id="b_not_json"),
     pytest.param(BATCH, _json({"pictures": []}), JSON, 400, "missing", id="b_missing"),
+    *[
+        pytest.param(BATCH, body, NPY, status, reason, id=f"npy_{name}")
+        for name, body, status, reason in (
+            ("not_npy", lambda: b"\x93NUMPX" + bytes(20), 400, "bad_npy"),
+            ("json_as_npy", _json({"images": _grey()}), 400, "bad_npy"),
+            (
+                "pickled_objects",
+                lambda: npy_pickled(np.array([{"a": 1}], dtype=object)),
+                400,
+                "bad_npy",
+            ),
+            (
+                "structured",
+                lambda: npy_bytes(np.zeros(3, dtype=[("a", "u1"), ("b", "f4")])),
+                400,
+                "bad_npy",
+            ),
+            ("strings", lambda: npy_bytes(np.array(["a", "b"])), 400, "bad_npy"),
+            ("complex", lambda: npy_bytes(np.zeros((1, SIZE, SIZE), np.complex64)), 400, "bad_npy"),
+            (
+                "truncated",
+                lambda: npy_bytes(np.zeros((2, SIZE, SIZE), np.uint8))[:-1],
+                400,
+                "bad_npy",
+            ),
+            (
+                "trailing",
+                lambda: npy_bytes(np.zeros((2, SIZE, SIZE), np.uint8)) + b"x",
+                400,
+                "bad_npy",
+            ),
+            (
+                "version_3",
+                lambda: npy_version(np.zeros((1, SIZE, SIZE), np.uint8), 3),
+                400,
+                "bad_npy",
+            ),
+            (
+                "huge_shape",
+                lambda: npy_shape(np.zeros((1, SIZE, SIZE), np.uint8), "(10**30, 12)"),
+                400,
+                "bad_npy",
+            ),
+            (
+                "code_in_header",
+                lambda: npy_shape(np.zeros((1, SIZE, SIZE), np.uint8), "__import__('os')"),
+                400,
+                "bad_npy",
+            ),
+            ("shape", lambda: npy_bytes(np.zeros((1, SIZE, SIZE + 1), np.uint8)), 422, "bad_shape"),
+            (
+                "nan",
+                lambda: npy_bytes(np.full((1, SIZE, SIZE), np.nan, np.float32)),
+                422,
+                "non_finite",
+            ),
+            (
+                "range",
+                lambda: npy_bytes(np.full((1, SIZE, SIZE), 256, np.int16)),
+                422,
+                "out_of_range",
+            ),
+            (
+                "many",
+                lambda: npy_bytes(np.zeros((17, SIZE, SIZE), np.uint8)),
+                413,
+                "too_many_items",
+            ),
+        )
+    ],
 ]
 
 
