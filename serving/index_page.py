@@ -18,7 +18,10 @@ from starlette.responses import HTMLResponse, JSONResponse
 # Every route the service answers, as documented in docs/serving.md.
 ROUTES: tuple[tuple[str, str], ...] = (
     ("POST /classify", "one image file as the body: one calibrated prediction"),
-    ("POST /classify_batch", 'JSON {"images": N x H x W (x C)} at the model size: one each'),
+    (
+        "POST /classify_batch",
+        'JSON {"images": N x H x W (x C)} or the array as a .npy file, at the model size: one each',
+    ),
     ("GET /readyz", "200 once the model has run a warm-up batch, 503 before"),
     ("GET /livez, GET /healthz", "200 while the process runs"),
     ("GET /metrics", "Prometheus text: bentoml_service_* and rankcal_*"),
