@@ -76,9 +76,10 @@ def session_options() -> ort.SessionOptions:
 
     Its intra-op threads spin-wait for the next piece of work by default, which suits a process
     that only runs the model; in the service they take the cores from the event loop, the
-    decode threads and the other requests' work. With spinning off, measured with ``hey`` on 2
-    cores (``docs/benchmarks.md``), the batch endpoint served about twice the requests at 8
-    clients.
+    decode threads, the other requests' work and whatever else runs on the machine. Measured
+    with ``hey`` on 2 cores, ``/classify`` at 8 clients: about the same on an idle machine
+    (721-731 req/s spinning, 765-802 not), and 340-386 against 670-686 while a training run
+    shared the cores.
     """
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")

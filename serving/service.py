@@ -16,6 +16,7 @@ in ``rankcal_rejected_requests_total``.
 from __future__ import annotations
 
 import copy
+import gc
 import logging
 import os
 import threading
@@ -27,11 +28,11 @@ import numpy as np
 from bentoml.validators import ContentType
 from pydantic import AfterValidator, BaseModel, BeforeValidator
 from pydantic_core import PydanticCustomError
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 
 from pipeline.config import ServeConfig, load_section, read_params
 from pipeline.preprocessing import match_channels
-from serving import npy
+from serving import npy, request_timeout
 from serving.guard import BodyStep, RequestGuard, error_response
 from serving.images import (
     InputError,
@@ -51,6 +52,7 @@ logger = logging.getLogger(__name__)
 # BentoML's workers log the root logger at WARNING; the start-up line names model and provider.
 logging.getLogger("serving").setLevel(logging.INFO)
 install_refusal_log_filter()
+request_timeout.install()
 
 MODEL_PATH = Path(os.environ.get("RANKCAL_MODEL", "models/model.onnx"))
 PARAMS_PATH = Path(os.environ.get("RANKCAL_PARAMS", "params.yaml"))
@@ -137,7 +139,8 @@ SinglePrediction = Annotated[Prediction, BeforeValidator(_only_item)]
 
 
 # BentoML's own timeout stays as a backstop for the other routes, past the guard's (which answers
-# the prediction routes within the {"error", "reason"} contract).
+# the prediction routes within the {"error", "reason"} contract); serving/request_timeout.py
+# keeps its timers from outliving their requests.
 @bentoml.service(
     name="rankcal",
     workers=SERVE.workers,
@@ -171,6 +174,11 @@ class ImageClassifier:
         except Exception:
             logger.exception("warm-up batch failed: /readyz stays 503")
             return
+        # The worker's ~130,000 objects from start-up (modules, classes, BentoML and pydantic
+        # internals) live as long as the process: frozen, Python's full collections skip them
+        # instead of walking them all every few seconds under load (70 ms pauses, which were the
+        # p99 of /classify at 8 clients; docs/benchmarks.md).
+        gc.freeze()
         self._warm.set()
         logger.info("warm-up batch done: ready")
 
@@ -191,10 +199,11 @@ class ImageClassifier:
         contributes a one-item list, see ``_decode_upload``) and splits the returned list back
         by position, so item i answers request i whatever order the batch was formed in.
         """
-        return self._predict(self.predictor.conform(images))  # type: ignore[arg-type,return-value]
+        records = self._predict(self.predictor.conform(images))  # type: ignore[arg-type]
+        return [Prediction.model_validate(r) for r in records]  # type: ignore[return-value]
 
     @bentoml.api(route="/classify_batch", output_spec=BatchPrediction)
-    def classify_batch(self, images: np.ndarray) -> BatchPrediction | JSONResponse:
+    def classify_batch(self, images: np.ndarray) -> BatchPrediction | Response:
         """Classify already-sized images: ``{"images": N x H x W (x C) nested lists}`` as JSON,
         or the same array as a ``.npy`` file (``application/x-npy``, :mod:`serving.npy`)."""
         try:
@@ -206,12 +215,16 @@ class ImageClassifier:
             logger.info("refused /classify_batch [POST]: %s", err.reason)
             return error_response(err.status, str(err), err.reason)
         batch = match_channels(batch, self.predictor.image_shape[2])
-        return BatchPrediction(predictions=self._predict(batch))
+        # Validated as one model and sent as its JSON: BentoML would dump the returned model
+        # twice (to Python objects, then to JSON), which cost more than the ONNX run's share at
+        # 64 images (docs/benchmarks.md).
+        answer = BatchPrediction.model_validate({"predictions": self._predict(batch)})
+        return Response(answer.model_dump_json(), media_type="application/json")
 
-    def _predict(self, batch: np.ndarray) -> list[Prediction]:
+    def _predict(self, batch: np.ndarray) -> list[dict[str, Any]]:
         out = self.predictor.predict(batch, batch_size=SERVE.max_batch_size)
         self.metrics.record_predictions(out.confidence, out.predicted, out.is_ood)
-        return [Prediction.model_validate(r) for r in self.predictor.records(out)]
+        return self.predictor.records(out)
 
 
 def _cache_io_schemas(service: Any) -> None:
