@@ -276,6 +276,7 @@ class ServeConfig:
     max_latency_ms: int
     top_k: int
     window: int
+    min_predictions: int
     max_request_bytes: int
     max_image_pixels: int
     max_batch_items: int
@@ -289,6 +290,12 @@ class ServeConfig:
         _check("serve.max_latency_ms", self.max_latency_ms, self.max_latency_ms >= 1, ">= 1")
         _check("serve.top_k", self.top_k, self.top_k >= 1, ">= 1")
         _check("serve.window", self.window, self.window >= 10, ">= 10")
+        _check(
+            "serve.min_predictions",
+            self.min_predictions,
+            1 <= self.min_predictions <= self.window,
+            f"in 1..serve.window ({self.window}): a window never holds more",
+        )
         _check(
             "serve.max_request_bytes",
             self.max_request_bytes,

@@ -86,6 +86,9 @@ _STATIC_HELP = {
     "rankcal_model_evaluation_accuracy_ratio": "Test-set accuracy of the served model",
     "rankcal_ood_threshold": "Calibrated confidence below which a prediction is flagged OOD",
     "rankcal_window_capacity": "Predictions the rolling window holds when full",
+    "rankcal_min_predictions": (
+        "Predictions needed before drift and estimated accuracy are reported or alerted on"
+    ),
 }
 
 
@@ -166,6 +169,12 @@ class ServiceMetrics:
         provider: The ONNX Runtime execution provider actually in use
             (``session.get_providers()[0]``).
         registry: Registry to register with; the default ``prometheus_client.REGISTRY`` if None.
+        min_predictions: Predictions the window must hold before its mean, estimated accuracy,
+            PSI and KS are reported (NaN before: on a handful of predictions they are noise);
+            exported as ``rankcal_min_predictions``, which the alert rules wait for too.
+
+    Raises:
+        ValueError: If ``min_predictions`` is not in 1..``window``.
     """
 
     def __init__(
@@ -174,7 +183,10 @@ class ServiceMetrics:
         window: int,
         provider: str,
         registry: CollectorRegistry | None = None,
+        min_predictions: int = 1,
     ) -> None:
+        if not 1 <= min_predictions <= window:
+            raise ValueError(f"min_predictions must be in 1..{window}, got {min_predictions}")
         import prometheus_client as prom  # lazily: see the module docstring
         import prometheus_client.values
         from prometheus_client.utils import floatToGoString
@@ -185,6 +197,7 @@ class ServiceMetrics:
         self._window = ConfidenceWindow(window, ref.bin_edges)
         self._reference = np.asarray(ref.counts, dtype=np.float64)
         self._num_classes = card.num_classes
+        self._min_predictions = min_predictions
         self._lock = threading.Lock()
         le = [floatToGoString(e) for e in self._window.edges[1:]]
         self._define_traffic(prom, reg, card, le)
@@ -264,6 +277,7 @@ class ServiceMetrics:
             "rankcal_model_evaluation_accuracy_ratio": card.test_accuracy / 100.0,  # card: percent
             "rankcal_ood_threshold": card.ood_threshold,
             "rankcal_window_capacity": self._window.capacity,
+            "rankcal_min_predictions": self._min_predictions,
         }
         for name, value in scalars.items():
             gauge(name, _STATIC_HELP[name]).set(value)
@@ -313,17 +327,17 @@ class ServiceMetrics:
 
     def window_stats(self) -> dict[str, float]:
         """This process's rolling window: ``mean_confidence``, ``estimated_accuracy`` (a
-        fraction, equal to the mean calibrated confidence), ``psi``, ``ks`` (NaN while empty)
-        and ``size`` (predictions held)."""
+        fraction, equal to the mean calibrated confidence), ``psi``, ``ks`` (NaN while the
+        window holds fewer than ``min_predictions``) and ``size`` (predictions held)."""
         with self._lock:
             return self._stats()
 
     def _stats(self) -> dict[str, float]:
         size = self._window.size
-        if size == 0:
+        if size < self._min_predictions:
             nan = float("nan")
             return dict.fromkeys(("mean_confidence", "estimated_accuracy", "psi", "ks"), nan) | {
-                "size": 0.0
+                "size": float(size)
             }
         counts = self._window.counts
         mean = self._window.mean()

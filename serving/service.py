@@ -162,7 +162,12 @@ class ImageClassifier:
             card.num_classes,
             provider,
         )
-        self.metrics = ServiceMetrics(card, window=SERVE.window, provider=provider)
+        self.metrics = ServiceMetrics(
+            card,
+            window=SERVE.window,
+            provider=provider,
+            min_predictions=SERVE.min_predictions,
+        )
         if multiproc_dir := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             start_reaper(Path(multiproc_dir))  # a killed worker's gauges must not linger
         # In the background, so /livez answers while /readyz says 503 until the model has run.

@@ -43,6 +43,8 @@ def test_shipped_params_parse(params: dict[str, Any]) -> None:
         ("data", "ood", ["imagenet"], "data.ood must be one of"),
         ("evaluate", "reference_edges", [0.0, 0.5, 0.4, 1.0], "strictly increasing"),
         ("evaluate", "reference_edges", [0.1, 1.0], "must run from 0 to 1"),
+        ("serve", "min_predictions", 0, "serve.min_predictions must be in 1..serve.window"),
+        ("serve", "min_predictions", 501, "a window never holds more, got 501"),
     ],
 )
 def test_bad_values_name_key_and_value(

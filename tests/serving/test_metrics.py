@@ -158,6 +158,29 @@ def test_ring_buffer_matches_a_plain_list_over_many_batches() -> None:
     np.testing.assert_array_equal(window.values(), kept)
 
 
+def test_window_gauges_wait_for_min_predictions(registry) -> None:
+    m = ServiceMetrics(make_card(), window=10, provider=CPU, registry=registry, min_predictions=4)
+    assert value(registry, "rankcal_min_predictions") == 4
+    for seen in range(1, 6):
+        m.record_predictions(np.array([0.9]), np.array([0]), np.array([False]))
+        stats = m.window_stats()
+        assert stats["size"] == seen and value(registry, "rankcal_window_size") == seen
+        ready = seen >= 4
+        for key, gauge in [("psi", "rankcal_window_psi"), ("ks", "rankcal_window_ks")]:
+            assert math.isnan(stats[key]) != ready
+            assert math.isnan(value(registry, gauge)) != ready
+        assert math.isnan(value(registry, "rankcal_window_estimated_accuracy_ratio")) != ready
+    assert stats["mean_confidence"] == pytest.approx(0.9)
+    # and the counters count every prediction meanwhile
+    assert value(registry, "rankcal_confidence_count") == 5
+
+
+@pytest.mark.parametrize("bad", [0, 11])
+def test_min_predictions_must_fit_the_window(registry, bad: int) -> None:
+    with pytest.raises(ValueError, match="min_predictions"):
+        ServiceMetrics(make_card(), window=10, provider=CPU, registry=registry, min_predictions=bad)
+
+
 def test_empty_window_reads_nan(metrics: ServiceMetrics, registry) -> None:
     stats = metrics.window_stats()
     assert stats["size"] == 0
