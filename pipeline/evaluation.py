@@ -23,7 +23,8 @@ from pipeline.data.split import stratified_subset
 from pipeline.drift import bin_counts
 from pipeline.inference import predict_logits
 from pipeline.metrics.calibration import calibration_report, expected_calibration_error
-from pipeline.metrics.ood import max_softmax, ood_report, threshold_at_tpr
+from pipeline.metrics.ood import max_softmax, ood_report
+from pipeline.ood_selection import SELECTION_SET, OODChoice, choose_ood_score, synthetic_ood
 
 logger = logging.getLogger(__name__)
 
@@ -90,10 +91,31 @@ def evaluate(model: nn.Module, data: PreparedData, cfg: EvaluateConfig) -> Evalu
         name: {"raw": ood_report(test_logits, z), "scaled": ood_report(test_logits / t, z / t)}
         for name, z in ood_logits.items()
     }
+    # Inverted test images (a light background instead of a dark one): a shift any deployment
+    # meets, scored here as OOD, never used to choose the serving score.
+    inverted = logits_of(255 - np.asarray(data.test.images))
+    metrics["ood"]["inverted_test"] = {
+        "raw": ood_report(test_logits, inverted),
+        "scaled": ood_report(test_logits / t, inverted / t),
+    }
     metrics["shift"] = shift_study(logits_of, data, cfg, t)
-    val_conf = max_softmax(val_logits / t)
+    synthetic = logits_of(synthetic_ood(val_images, seed=0))
+    choice = choose_ood_score(val_logits / t, synthetic / t, cfg.ood_tpr)
+    metrics["ood_selection"] = {
+        "set": SELECTION_SET,
+        "candidates": choice.candidates,
+        "chosen": choice.name,
+        "threshold": choice.threshold,
+        "tpr": choice.tpr,
+    }
+    logger.info(
+        "serving OOD score: %s (AUROC on the selection set: %s), threshold %.4g",
+        choice.name,
+        ", ".join(f"{k} {v['auroc']:.1f}" for k, v in choice.candidates.items()),
+        choice.threshold,
+    )
     test_conf = max_softmax(test_logits / t)
-    serving = serving_reference(data, t, threshold_at_tpr(val_conf, cfg.ood_tpr), test_conf, cfg)
+    serving = serving_reference(data, t, choice, test_conf, cfg)
     # Alert rules compare live estimated accuracy with what evaluation measured.
     serving["test_accuracy"] = metrics["test"]["scaled"]["accuracy"]
     serving["test_ece"] = metrics["test"]["scaled"]["ece"]
@@ -137,7 +159,7 @@ def shift_study(
 def serving_reference(
     data: PreparedData,
     temperature: float,
-    ood_threshold: float,
+    ood: OODChoice,
     test_confidence: np.ndarray,
     cfg: EvaluateConfig,
 ) -> dict[str, Any]:
@@ -151,8 +173,9 @@ def serving_reference(
         "mean": list(data.mean),
         "std": list(data.std),
         "temperature": temperature,
-        "ood_threshold": ood_threshold,
-        "ood_tpr": cfg.ood_tpr,
+        "ood_score": ood.name,
+        "ood_threshold": ood.threshold,
+        "ood_tpr": ood.tpr,
         "reference_confidence": {
             "bin_edges": [float(e) for e in cfg.reference_edges],
             "counts": counts.tolist(),

@@ -2,8 +2,8 @@
 
 The export stage writes it into the ONNX model's metadata (key :data:`METADATA_KEY`, JSON), and
 the service reads it back from there, so the served model cannot disagree with the temperature,
-classes, normalisation, OOD threshold or reference distribution it was evaluated with. NumPy and
-the standard library only: the serving image has no torch.
+classes, normalisation, OOD score and threshold or reference distribution it was evaluated with.
+NumPy and the standard library only: the serving image has no torch.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pipeline.config import ConfigError, parse_dataclass
 from pipeline.drift import check_edges
@@ -66,6 +66,9 @@ class ModelCard:
     test_accuracy: float
     test_ece: float
     model_version: str
+    # The score is_ood compares with ood_threshold (pipeline.ood_selection); cards written before
+    # the score was chosen flagged by calibrated confidence, hence the default.
+    ood_score: Literal["msp", "entropy", "energy"] = "msp"
 
     def __post_init__(self) -> None:
         if len(self.image_shape) != 3 or min(self.image_shape) < 1:
@@ -81,6 +84,10 @@ class ModelCard:
             raise ConfigError(f"need at least two class names, got {self.class_names}")
         if not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if self.ood_score not in ("msp", "entropy", "energy"):
+            raise ConfigError(
+                f"ood_score must be 'msp', 'entropy' or 'energy', got {self.ood_score!r}"
+            )
 
     @property
     def num_classes(self) -> int:
@@ -98,6 +105,8 @@ class ModelCard:
             raw = json.loads(text)
         except json.JSONDecodeError as err:
             raise ConfigError(f"model card is not JSON: {err}") from None
+        if isinstance(raw, dict):
+            raw.setdefault("ood_score", "msp")  # cards exported before it was chosen
         return parse_dataclass(cls, raw, "model_card")
 
     @classmethod

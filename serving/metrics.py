@@ -84,7 +84,9 @@ _WINDOW_GAUGES = {
 _STATIC_HELP = {
     "rankcal_reference_mean_confidence": "Reference (test set) mean calibrated confidence",
     "rankcal_model_evaluation_accuracy_ratio": "Test-set accuracy of the served model",
-    "rankcal_ood_threshold": "Calibrated confidence below which a prediction is flagged OOD",
+    "rankcal_ood_threshold": (
+        "OOD score (rankcal_model_info's ood_score) below which a prediction is flagged OOD"
+    ),
     "rankcal_window_capacity": "Predictions the rolling window holds when full",
     "rankcal_min_predictions": (
         "Predictions needed before drift and estimated accuracy are reported or alerted on"
@@ -253,10 +255,11 @@ class ServiceMetrics:
 
         info = gauge(
             "rankcal_model_info",
-            "Served model; provider is the active ONNX Runtime execution provider",
-            ["model_version", "provider", "dataset"],
+            "Served model; provider is the active ONNX Runtime execution provider, ood_score the "
+            "score is_ood compares with rankcal_ood_threshold",
+            ["model_version", "provider", "dataset", "ood_score"],
         )
-        info.labels(card.model_version, provider, card.dataset).set(1)
+        info.labels(card.model_version, provider, card.dataset, card.ood_score).set(1)
         fraction = gauge(
             "rankcal_reference_bucket_fraction",
             "Reference (test set) fraction of predictions per confidence bin (lo, le]",

@@ -19,7 +19,8 @@ import onnxruntime as ort
 
 from pipeline.config import ConfigError
 from pipeline.images import fit_image
-from pipeline.model_card import INPUT_NAME, METADATA_KEY, ModelCard
+from pipeline.model_card import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, ModelCard
+from pipeline.ood_selection import score as ood_score
 from pipeline.preprocessing import to_model_input
 
 logger = logging.getLogger(__name__)
@@ -126,7 +127,8 @@ class Predictions:
     predicted: np.ndarray
     confidence: np.ndarray
     entropy: np.ndarray
-    is_ood: np.ndarray
+    ood_score: np.ndarray  # the card's OOD score, higher for in-distribution inputs
+    is_ood: np.ndarray  # ood_score < the card's ood_threshold
     top_k: np.ndarray
 
     def __len__(self) -> int:
@@ -193,26 +195,34 @@ class Predictor:
         card = self.card
         chunks = [
             self.session.run(
-                ["probabilities"],
+                list(OUTPUT_NAMES),
                 {
                     INPUT_NAME: to_model_input(
                         images[start : start + batch_size], card.mean, card.std
                     )
                 },
-            )[0]
+            )
             for start in range(0, len(images), batch_size)
         ]
-        probs = (
-            np.concatenate(chunks) if chunks else np.zeros((0, card.num_classes), dtype=np.float32)
-        )
+        empty = np.zeros((0, card.num_classes), dtype=np.float32)
+        logits = np.concatenate([c[0] for c in chunks]) if chunks else empty
+        probs = np.concatenate([c[1] for c in chunks]) if chunks else empty
         predicted = np.argmax(probs, axis=1) if len(probs) else np.zeros(0, dtype=np.int64)
         confidence = probs[np.arange(len(probs)), predicted].astype(np.float64)
+        # msp is the confidence the answer reports (to the last bit, so is_ood never disagrees
+        # with it); entropy and energy come from the graph's logits, already divided by the
+        # temperature: the calibrated logits the score was chosen on (pipeline.ood_selection).
+        if card.ood_score == "msp" or not len(logits):
+            ood = confidence
+        else:  # entropy or energy
+            ood = ood_score(card.ood_score, logits)
         return Predictions(
             probabilities=probs,
             predicted=predicted,
             confidence=confidence,
             entropy=entropy(probs),
-            is_ood=confidence < card.ood_threshold,
+            ood_score=ood,
+            is_ood=ood < card.ood_threshold,
             top_k=top_k(probs, self.top_k),
         )
 

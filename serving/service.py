@@ -91,7 +91,7 @@ class Prediction(BaseModel):
     confidence: float
     top_k: list[ClassProbability]
     entropy: float  # nats
-    is_ood: bool  # confidence < the model card's ood_threshold
+    is_ood: bool  # the card's OOD score (msp or energy) < its ood_threshold
     model_version: str
 
 

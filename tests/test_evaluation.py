@@ -51,7 +51,8 @@ def test_metrics_tree_reports_raw_and_scaled(evaluated: tuple[Any, Any, Path]) -
     # T is fitted by validation NLL, so scaling cannot make validation NLL worse
     assert m["val"]["scaled"]["nll"] <= m["val"]["raw"]["nll"] + 1e-9
     assert m["temperature"]["temperature"] == result.temperature > 0
-    assert set(m["ood"]) == {"noise"} and set(m["ood"]["noise"]) == {"raw", "scaled"}
+    assert set(m["ood"]) == {"noise", "inverted_test"}
+    assert set(m["ood"]["noise"]) == {"raw", "scaled"}
 
 
 def test_shift_study_has_every_corruption_and_severity(evaluated: tuple[Any, Any, Path]) -> None:
@@ -76,7 +77,22 @@ def test_serving_reference(evaluated: tuple[Any, Any, Path]) -> None:
     assert len(hist["bin_edges"]) == len(hist["counts"]) + 1
     assert sum(hist["counts"]) == len(data.test.labels)
     assert ref["test_accuracy"] == result.metrics["test"]["scaled"]["accuracy"]
-    assert 0 < ref["ood_threshold"] <= 1  # the toy task is easy: confidences saturate
+    selection = result.metrics["ood_selection"]
+    assert ref["ood_score"] == selection["chosen"] in ("msp", "entropy", "energy")
+    assert ref["ood_threshold"] == selection["threshold"]
+    assert ref["ood_tpr"] == selection["tpr"] == 0.95
+    chosen = selection["candidates"][selection["chosen"]]["auroc"]
+    assert chosen == max(c["auroc"] for c in selection["candidates"].values())
+    if ref["ood_score"] == "msp":
+        assert 0 < ref["ood_threshold"] <= 1
+
+
+def test_inverted_test_images_are_scored_as_ood(evaluated: tuple[Any, Any, Path]) -> None:
+    result, _, _ = evaluated
+    inverted = result.metrics["ood"]["inverted_test"]
+    assert set(inverted) == {"raw", "scaled"}
+    assert set(inverted["scaled"]) == {"msp", "entropy", "energy"}
+    assert 0 <= inverted["scaled"]["energy"]["auroc"] <= 100
 
 
 def test_plot_files(evaluated: tuple[Any, Any, Path], tmp_path: Path) -> None:

@@ -69,7 +69,8 @@ def test_dvc_repro_runs_then_reports_nothing_changed(project: Path) -> None:
     assert meta["sizes"]["train"] + meta["sizes"]["val"] == 600
     evaluation = json.loads((project / "metrics" / "eval.json").read_text())
     assert {"raw", "scaled"} == set(evaluation["test"])
-    assert set(evaluation["ood"]) == {"digits", "noise"}
+    assert set(evaluation["ood"]) == {"digits", "noise", "inverted_test"}
+    assert evaluation["ood_selection"]["chosen"] == serving_choice(project)
     assert set(evaluation["shift"]) == {"clean", "gaussian_noise", "rotation"}
     serving = json.loads((project / "models" / "calibration.json").read_text())
     assert serving["class_names"][0] == "T-shirt/top" and serving["temperature"] > 0
@@ -146,3 +147,8 @@ def test_dvc_repro_on_an_image_folder_then_the_service_names_its_classes(
     assert answer.json()["class_name"] == "fox"
     assert {c["class_name"] for c in answer.json()["top_k"]} == {"cat", "dog", "fox"}
     assert 'class_name="fox"' in metrics
+
+
+def serving_choice(project: Path) -> str:
+    """The OOD score the evaluate stage wrote for serving."""
+    return json.loads((project / "models" / "calibration.json").read_text())["ood_score"]

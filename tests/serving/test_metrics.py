@@ -201,7 +201,7 @@ def test_reference_and_model_gauges_equal_the_card(metrics, registry) -> None:
     assert value(registry, "rankcal_reference_mean_confidence") == 0.85
     assert value(registry, "rankcal_ood_threshold") == 0.4
     assert value(registry, "rankcal_window_capacity") == 10
-    info = {"model_version": "v1-abc123", "provider": CPU, "dataset": "toy"}
+    info = {"model_version": "v1-abc123", "provider": CPU, "dataset": "toy", "ood_score": "msp"}
     assert value(registry, "rankcal_model_info", **info) == 1
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from pipeline.images import fit_image
-from pipeline.model_card import INPUT_NAME
+from pipeline.model_card import INPUT_NAME, METADATA_KEY
 from pipeline.preprocessing import to_model_input
 from serving.predictor import CPU, Predictor, entropy, execution_providers, top_k
 from tests.serving.conftest import CLASS_NAMES, SIZE, ExportedModel, quadrant_images
@@ -162,3 +163,58 @@ def test_execution_providers_end_with_cpu() -> None:
 def test_the_service_session_does_not_spin_wait(predictor: Predictor) -> None:
     options = predictor.session.get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def _with_card(model: ExportedModel, path: Path, **changes: object) -> Path:
+    """A copy of the exported model whose card has ``changes`` (or lacks keys set to None)."""
+    proto = onnx.load(str(model.path))
+    entry = next(p for p in proto.metadata_props if p.key == METADATA_KEY)
+    card = json.loads(entry.value)
+    for key, value in changes.items():
+        if value is None:
+            card.pop(key)
+        else:
+            card[key] = value
+    entry.value = json.dumps(card)
+    onnx.save(proto, str(path))
+    return path
+
+
+@pytest.mark.parametrize("name", ["energy", "entropy"])
+def test_a_card_flags_by_its_score_of_the_calibrated_logits(
+    exported_model: ExportedModel, tmp_path: Path, name: str
+) -> None:
+    images, _ = quadrant_images(16, seed=4)
+    x = to_model_input(images, exported_model.card.mean, exported_model.card.std)
+    session = ort.InferenceSession(str(exported_model.path), providers=[CPU])
+    logits = session.run(["logits"], {INPUT_NAME: x})[0].astype(np.float64)
+    top = logits.max(axis=1)
+    logsumexp = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+    log_p = logits - logsumexp[:, None]
+    by_hand = logsumexp if name == "energy" else (np.exp(log_p) * log_p).sum(axis=1)
+    threshold = float(np.median(by_hand))
+    path = _with_card(
+        exported_model, tmp_path / f"{name}.onnx", ood_score=name, ood_threshold=threshold
+    )
+    out = Predictor(path, top_k=1, providers=[CPU]).predict(images, batch_size=4)
+    np.testing.assert_allclose(out.ood_score, by_hand, rtol=1e-6)
+    np.testing.assert_array_equal(out.is_ood, by_hand < threshold)
+    assert 0 < out.is_ood.sum() < len(images)
+
+
+def test_a_card_from_before_the_score_choice_flags_by_confidence(
+    exported_model: ExportedModel, tmp_path: Path
+) -> None:
+    images, _ = quadrant_images(8, seed=5)
+    old = Predictor(
+        _with_card(exported_model, tmp_path / "old.onnx", ood_score=None), top_k=1, providers=[CPU]
+    )
+    assert old.card.ood_score == "msp"
+    out = old.predict(images, batch_size=8)
+    np.testing.assert_array_equal(out.ood_score, out.confidence)
+    with pytest.raises(ValueError, match="ood_score"):
+        Predictor(
+            _with_card(exported_model, tmp_path / "bad.onnx", ood_score="mahalanobis"),
+            top_k=1,
+            providers=[CPU],
+        )

@@ -309,6 +309,7 @@ def test_metrics_count_what_was_served(
             "model_version": "test-0001",
             "provider": active_provider(exported_model),
             "dataset": "quadrants",
+            "ood_score": "msp",
         }
     ]
     # BentoML's own metrics are there beside ours.
