@@ -56,7 +56,8 @@ RUN pip install -c requirements.lock \
     && useradd --create-home --uid 10001 rankcal
 
 COPY pipeline/__init__.py pipeline/config.py pipeline/drift.py pipeline/images.py \
-     pipeline/model_card.py pipeline/ood_selection.py pipeline/preprocessing.py pipeline/
+     pipeline/input_stats.py pipeline/model_card.py pipeline/ood_selection.py \
+     pipeline/preprocessing.py pipeline/
 COPY pipeline/metrics/ pipeline/metrics/
 COPY serving/ serving/
 COPY params.yaml ./

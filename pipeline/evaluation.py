@@ -20,8 +20,10 @@ from pipeline.config import EvaluateConfig
 from pipeline.data.corruptions import corrupt
 from pipeline.data.prepared import PreparedData
 from pipeline.data.split import stratified_subset
-from pipeline.drift import bin_counts
+from pipeline.drift import bin_counts, psi
 from pipeline.inference import predict_logits
+from pipeline.input_stats import EDGES, reference_histograms
+from pipeline.input_stats import STATISTICS as INPUT_STATS
 from pipeline.metrics.calibration import calibration_report, expected_calibration_error
 from pipeline.metrics.ood import max_softmax, ood_report
 from pipeline.ood_selection import SELECTION_SET, OODChoice, choose_ood_score, synthetic_ood
@@ -114,12 +116,46 @@ def evaluate(model: nn.Module, data: PreparedData, cfg: EvaluateConfig) -> Evalu
         ", ".join(f"{k} {v['auroc']:.1f}" for k, v in choice.candidates.items()),
         choice.threshold,
     )
+    input_reference = reference_histograms(data.train.images[_reference_rows(data)])
+    metrics["input_drift"] = input_drift_evidence(data, input_reference)
     test_conf = max_softmax(test_logits / t)
     serving = serving_reference(data, t, choice, test_conf, cfg)
+    serving["input_reference"] = {"edges": list(EDGES), **input_reference}
     # Alert rules compare live estimated accuracy with what evaluation measured.
     serving["test_accuracy"] = metrics["test"]["scaled"]["accuracy"]
     serving["test_ece"] = metrics["test"]["scaled"]["ece"]
     return Evaluation(metrics, test_logits, labels, ood_logits, t, serving)
+
+
+# Training images the input reference is binned on: a stratified sample is as good as all of
+# them for 20-bin histograms and keeps a large memory-mapped split from being read whole.
+_REFERENCE_IMAGES = 10_000
+
+
+def _reference_rows(data: PreparedData) -> np.ndarray:
+    labels = data.train.labels[data.train_idx]
+    if len(labels) <= _REFERENCE_IMAGES:
+        return np.sort(data.train_idx)
+    return np.sort(data.train_idx[stratified_subset(labels, _REFERENCE_IMAGES, seed=0)])
+
+
+def input_drift_evidence(
+    data: PreparedData, reference: dict[str, list[int]]
+) -> dict[str, dict[str, float]]:
+    """PSI of each input statistic against the training reference, for the test images (no
+    shift: should stay small), the inverted test images and every OOD set (shifts: should not).
+
+    What the service's input-drift alert compares (``serving/prometheus/``), here on whole sets.
+    """
+    sets = {
+        "test": reference_histograms(data.test.images),
+        "inverted_test": reference_histograms(data.test.images, invert=True),
+        **{name: reference_histograms(images) for name, images in data.ood.items()},
+    }
+    return {
+        name: {stat: psi(counts[stat], reference[stat]) for stat in INPUT_STATS}
+        for name, counts in sets.items()
+    }
 
 
 def shift_study(

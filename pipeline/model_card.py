@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pipeline.config import ConfigError, parse_dataclass
 from pipeline.drift import check_edges
 from pipeline.images import check_resize_policy
+from pipeline.input_stats import STATISTICS as INPUT_STATISTICS
 
 METADATA_KEY = "rankcal"
 INPUT_NAME = "images"
@@ -40,6 +41,37 @@ class ReferenceConfidence:
                 f"reference_confidence.counts needs {len(self.bin_edges) - 1} counts with a "
                 f"positive total, got {self.counts}"
             )
+
+
+@dataclass(frozen=True)
+class InputReference:
+    """Histograms of the input statistics (:mod:`pipeline.input_stats`) on the training split,
+    counts per bin ``(edges[i], edges[i + 1]]``."""
+
+    edges: list[float]
+    mean: list[int]
+    contrast: list[int]
+    dark_share: list[int]
+    bright_share: list[int]
+
+    def __post_init__(self) -> None:
+        try:
+            check_edges(self.edges)
+        except ValueError as err:
+            raise ConfigError(f"input_reference.edges: {err}") from None
+        for name in INPUT_STATISTICS:
+            counts = getattr(self, name)
+            if len(counts) != len(self.edges) - 1 or sum(counts) <= 0 or min(counts) < 0:
+                raise ConfigError(
+                    f"input_reference.{name} needs {len(self.edges) - 1} non-negative counts "
+                    f"with a positive total, got {counts}"
+                )
+
+    def counts(self, name: str) -> list[int]:
+        """The histogram of statistic ``name``."""
+        if name not in INPUT_STATISTICS:
+            raise KeyError(f"unknown input statistic {name!r}; known: {INPUT_STATISTICS}")
+        return list(getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -69,6 +101,9 @@ class ModelCard:
     # The score is_ood compares with ood_threshold (pipeline.ood_selection); cards written before
     # the score was chosen flagged by calibrated confidence, hence the default.
     ood_score: Literal["msp", "entropy", "energy"] = "msp"
+    # Reference histograms of the input statistics; cards written before they existed have none
+    # (the service then exports no input drift).
+    input_reference: InputReference | None = None
 
     def __post_init__(self) -> None:
         if len(self.image_shape) != 3 or min(self.image_shape) < 1:
@@ -107,6 +142,7 @@ class ModelCard:
             raise ConfigError(f"model card is not JSON: {err}") from None
         if isinstance(raw, dict):
             raw.setdefault("ood_score", "msp")  # cards exported before it was chosen
+            raw.setdefault("input_reference", None)  # ... before input drift was measured
         return parse_dataclass(cls, raw, "model_card")
 
     @classmethod

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.drift import bin_counts, check_edges, ks_statistic, psi
+from pipeline.input_stats import STATISTICS as INPUT_STATISTICS
+from pipeline.input_stats import input_statistics
 from pipeline.model_card import ModelCard
 
 if TYPE_CHECKING:
@@ -205,6 +207,7 @@ class ServiceMetrics:
         self._define_traffic(prom, reg, card, le)
         self._define_window(prom, reg)
         self._define_static(prom, reg, card, provider, le)
+        self._define_inputs(prom, reg, card)
 
     def _define_traffic(
         self, prom: Any, reg: CollectorRegistry, card: ModelCard, le: list[str]
@@ -284,6 +287,52 @@ class ServiceMetrics:
         }
         for name, value in scalars.items():
             gauge(name, _STATIC_HELP[name]).set(value)
+
+    def _define_inputs(self, prom: Any, reg: CollectorRegistry, card: ModelCard) -> None:
+        """Input statistics per bin, and their training-split reference, when the card has one.
+
+        The bins are labelled ``bin`` with their upper edge, not ``le``: these are not
+        cumulative histogram buckets (``promtool check metrics`` reserves ``le`` for those).
+        """
+        self._input_bins: dict[str, list[Any]] = {}
+        ref = card.input_reference
+        if ref is None:
+            logger.warning(
+                "the model card has no input reference (exported before input drift was "
+                "measured): rankcal_input_* series are not exported"
+            )
+            return
+        from prometheus_client.utils import floatToGoString
+
+        self._input_edges = check_edges(ref.edges)
+        labels = [floatToGoString(e) for e in self._input_edges[1:]]
+        bins = prom.Counter(
+            "rankcal_input_bin",
+            "Served inputs per bin (lo, bin] of each input statistic (not cumulative)",
+            ["statistic", "bin"],
+            registry=reg,
+        )
+        fraction = prom.Gauge(
+            "rankcal_input_reference_fraction",
+            "Training-split fraction of images per bin (lo, bin] of each input statistic",
+            ["statistic", "bin"],
+            registry=reg,
+            multiprocess_mode=_STATIC_MODE,
+        )
+        for name in INPUT_STATISTICS:
+            counts = np.asarray(ref.counts(name), dtype=np.float64)
+            self._input_bins[name] = [bins.labels(name, value) for value in labels]
+            for value, share in zip(labels, counts / counts.sum(), strict=True):
+                fraction.labels(name, value).set(share)
+
+    def record_inputs(self, images: np.ndarray) -> None:
+        """Count the statistics (:func:`pipeline.input_stats.input_statistics`) of the uint8
+        ``(N, H, W, C)`` images the model answered, at the shape the model sees them."""
+        if not self._input_bins or len(images) == 0:
+            return
+        stats = input_statistics(images)
+        for name, children in self._input_bins.items():
+            _inc_nonzero(children, bin_counts(stats[name], self._input_edges))
 
     def record_predictions(
         self, confidence: np.ndarray, predicted: np.ndarray, is_ood: np.ndarray

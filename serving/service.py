@@ -229,6 +229,7 @@ class ImageClassifier:
     def _predict(self, batch: np.ndarray) -> list[dict[str, Any]]:
         out = self.predictor.predict(batch, batch_size=SERVE.max_batch_size)
         self.metrics.record_predictions(out.confidence, out.predicted, out.is_ood)
+        self.metrics.record_inputs(batch)
         return self.predictor.records(out)
 
 

@@ -12,6 +12,7 @@ import pytest
 from pipeline.checkpoint import load_model
 from pipeline.config import load_section
 from pipeline.evaluation import evaluate
+from pipeline.model_card import InputReference
 from pipeline.plots import write_plot_data
 from pipeline.training import train
 from tests.conftest import configs, synthetic_prepared
@@ -85,6 +86,18 @@ def test_serving_reference(evaluated: tuple[Any, Any, Path]) -> None:
     assert chosen == max(c["auroc"] for c in selection["candidates"].values())
     if ref["ood_score"] == "msp":
         assert 0 < ref["ood_threshold"] <= 1
+
+
+def test_input_reference_and_drift_evidence(evaluated: tuple[Any, Any, Path]) -> None:
+    result, data, _ = evaluated
+    reference = result.serving["input_reference"]
+    card_reference = InputReference(**reference)  # what the export puts in the card
+    assert sum(card_reference.mean) == len(data.train_idx)  # every training image, no val
+    drift = result.metrics["input_drift"]
+    assert set(drift) == {"test", "inverted_test", "noise"}
+    # test images look like training images; inverted ones do not, in mean and dark/bright
+    assert max(drift["test"].values()) < 0.1
+    assert drift["inverted_test"]["mean"] > 1 and drift["inverted_test"]["dark_share"] > 1
 
 
 def test_inverted_test_images_are_scored_as_ood(evaluated: tuple[Any, Any, Path]) -> None:

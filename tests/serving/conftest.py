@@ -24,7 +24,9 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.config import read_params
-from pipeline.model_card import ModelCard, ReferenceConfidence
+from pipeline.input_stats import EDGES as INPUT_EDGES
+from pipeline.input_stats import reference_histograms
+from pipeline.model_card import InputReference, ModelCard, ReferenceConfidence
 
 ROOT = Path(__file__).parents[2]
 CLASS_NAMES = ["top_left", "top_right", "bottom_left", "bottom_right"]
@@ -121,6 +123,9 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
         test_accuracy=95.0,
         test_ece=2.0,
         model_version="test-0001",
+        input_reference=InputReference(
+            edges=list(INPUT_EDGES), **reference_histograms(quadrant_images(64, seed=99)[0])
+        ),
     )
     path = tmp_path_factory.mktemp("model") / "model.onnx"
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -20,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.config import load_section
 from pipeline.drift import PSI_EPSILON, bin_counts, ks_statistic, psi
-from pipeline.model_card import ModelCard, ReferenceConfidence
+from pipeline.model_card import InputReference, ModelCard, ReferenceConfidence
 from serving.metrics import REJECTION_REASONS, ConfidenceWindow, ServiceMetrics
 
 ROOT = Path(__file__).parents[2]
@@ -398,3 +399,49 @@ def test_every_reason_the_service_gives_is_pre_registered() -> None:
     source = "".join((ROOT / f).read_text() for f in files)
     given = set(re.findall(r'reason="([a-z_]+)"', source))
     assert given and given <= set(REJECTION_REASONS), given - set(REJECTION_REASONS)
+
+
+def input_card() -> ModelCard:
+    reference = InputReference(
+        edges=[0.0, 0.5, 1.0], mean=[3, 1], contrast=[1, 1], dark_share=[1, 3], bright_share=[4, 0]
+    )
+    return dataclasses.replace(make_card(), input_reference=reference)
+
+
+def test_input_statistics_are_binned_on_the_cards_edges(registry) -> None:
+    m = ServiceMetrics(input_card(), window=10, provider=CPU, registry=registry)
+    reference = {
+        ("mean", "0.5"): 0.75,
+        ("mean", "1.0"): 0.25,
+        ("dark_share", "0.5"): 0.25,
+        ("bright_share", "1.0"): 0.0,
+    }
+    for (statistic, upper), share in reference.items():
+        labels = {"statistic": statistic, "bin": upper}
+        assert value(registry, "rankcal_input_reference_fraction", **labels) == share
+        assert value(registry, "rankcal_input_bin_total", **labels) == 0  # present from the start
+    dark = np.zeros((2, 4, 4, 1), np.uint8)  # mean 0, all pixels dark
+    bright = np.full((1, 4, 4, 1), 255, np.uint8)  # mean 1, all bright
+    m.record_inputs(np.concatenate([dark, bright]))
+    counts = {
+        (s, b): value(registry, "rankcal_input_bin_total", statistic=s, bin=b)
+        for s in ("mean", "dark_share", "bright_share")
+        for b in ("0.5", "1.0")
+    }
+    assert counts == {
+        ("mean", "0.5"): 2,  # 0 falls in the first bin (0, 0.5], as bin_counts clips
+        ("mean", "1.0"): 1,
+        ("dark_share", "0.5"): 1,
+        ("dark_share", "1.0"): 2,
+        ("bright_share", "0.5"): 2,
+        ("bright_share", "1.0"): 1,
+    }
+    m.record_inputs(np.zeros((0, 4, 4, 1), np.uint8))  # nothing answered, nothing counted
+    assert value(registry, "rankcal_input_bin_total", statistic="mean", bin="0.5") == 2
+
+
+def test_a_card_without_input_reference_exports_no_input_series(metrics, registry) -> None:
+    metrics.record_inputs(np.zeros((2, 4, 4, 1), np.uint8))
+    names = {s.name for f in registry.collect() for s in f.samples}
+    assert not any(name.startswith("rankcal_input") for name in names)
+    assert "rankcal_confidence_count" in names

@@ -18,7 +18,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from pipeline.drift import PSI_EPSILON
-from pipeline.model_card import ModelCard, ReferenceConfidence
+from pipeline.model_card import InputReference, ModelCard, ReferenceConfidence
 from serving.metrics import ServiceMetrics
 
 ROOT = Path(__file__).parents[2]
@@ -42,6 +42,7 @@ THRESHOLDS = {
     "RankcalConfidenceKSDrift": 0.2,
     "RankcalEstimatedAccuracyDrop": 0.05,
     "RankcalHighOODRate": 0.2,
+    "RankcalInputDrift": 1,
 }
 NAME = re.compile(r"\b(?:rankcal[_:]|bentoml_)[A-Za-z0-9_:]*")
 # The model of rules_test.yml (see its header comment).
@@ -72,6 +73,13 @@ def exported_registry() -> CollectorRegistry:
         test_accuracy=80.0,
         test_ece=2.0,
         model_version="v1",
+        input_reference=InputReference(
+            edges=[0.0, 0.5, 1.0],
+            mean=[75, 25],
+            contrast=[50, 50],
+            dark_share=[10, 90],
+            bright_share=[90, 10],
+        ),
     )
     registry = CollectorRegistry()
     ServiceMetrics(card, window=10, provider="CPUExecutionProvider", registry=registry)
@@ -151,10 +159,10 @@ def test_rules_test_series_use_exported_labels_and_values() -> None:
             assert name in exported, name
             pairs = dict(re.findall(r'(\w+)="([^"]*)"', labels))
             del pairs["job"], pairs["instance"]
-            if name.startswith("rankcal_reference") or name.endswith("_ratio"):
+            if "reference" in name or name.endswith("_ratio"):
                 start = float(item["values"].split("+")[0])
                 assert registry.get_sample_value(name, pairs) == pytest.approx(start), item
-            elif "le" in pairs:
+            elif "le" in pairs or "bin" in pairs:
                 assert registry.get_sample_value(name, pairs) is not None, item
 
 

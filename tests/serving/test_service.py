@@ -35,6 +35,7 @@ from PIL import Image
 
 from pipeline.config import load_section, read_params
 from pipeline.images import fit_image
+from pipeline.input_stats import STATISTICS as INPUT_STATISTICS
 from pipeline.model_card import INPUT_NAME
 from pipeline.preprocessing import to_model_input
 from serving import client
@@ -312,6 +313,12 @@ def test_metrics_count_what_was_served(
             "ood_score": "msp",
         }
     ]
+    # Each answered image's input statistics are counted once per statistic, on the card's bins.
+    for statistic in INPUT_STATISTICS:
+        counted = after.get("rankcal_input_bin_total", statistic=statistic) - before.get(
+            "rankcal_input_bin_total", statistic=statistic
+        )
+        assert counted == 8, statistic
     # BentoML's own metrics are there beside ours.
     assert "bentoml_service_request_total" in after.names()
     assert after.get("bentoml_service_request_total", endpoint="/classify") > 0
