@@ -100,7 +100,8 @@ def evaluate(model: nn.Module, data: PreparedData, cfg: EvaluateConfig) -> Evalu
         "raw": ood_report(test_logits, inverted),
         "scaled": ood_report(test_logits / t, inverted / t),
     }
-    metrics["shift"] = shift_study(logits_of, data, cfg, t)
+    input_reference = reference_histograms(data.train.images[_reference_rows(data)])
+    metrics["shift"] = shift_study(logits_of, data, cfg, t, input_reference)
     synthetic = logits_of(synthetic_ood(val_images, seed=0))
     choice = choose_ood_score(val_logits / t, synthetic / t, cfg.ood_tpr)
     metrics["ood_selection"] = {
@@ -116,7 +117,6 @@ def evaluate(model: nn.Module, data: PreparedData, cfg: EvaluateConfig) -> Evalu
         ", ".join(f"{k} {v['auroc']:.1f}" for k, v in choice.candidates.items()),
         choice.threshold,
     )
-    input_reference = reference_histograms(data.train.images[_reference_rows(data)])
     metrics["input_drift"] = input_drift_evidence(data, input_reference)
     test_conf = max_softmax(test_logits / t)
     serving = serving_reference(data, t, choice, test_conf, cfg)
@@ -159,12 +159,20 @@ def input_drift_evidence(
 
 
 def shift_study(
-    logits_of: Any, data: PreparedData, cfg: EvaluateConfig, temperature: float
+    logits_of: Any,
+    data: PreparedData,
+    cfg: EvaluateConfig,
+    temperature: float,
+    input_reference: dict[str, list[int]] | None = None,
 ) -> dict[str, Any]:
     """Accuracy, ECE and confidence-estimated accuracy on corrupted test images.
 
     The estimate is the mean calibrated top-1 confidence (what serving publishes as
     "estimated accuracy"); ``estimation_error`` is its distance to the true accuracy, in points.
+    With ``input_reference`` (:func:`pipeline.input_stats.reference_histograms` of the training
+    split), each row also has ``input_psi``, the largest PSI of an input statistic against it:
+    the figure the service's input-drift alert watches, so the rows show how large the
+    estimation error gets at each level of it.
 
     References:
         Hendrycks & Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions
@@ -183,12 +191,16 @@ def shift_study(
         probs = softmax(logits_of(batch), temperature)
         acc = float((probs.argmax(1) == labels).mean())
         estimate = estimated_accuracy(probs)
-        results.setdefault(name, {})[str(level)] = {
+        row = {
             "accuracy": 100 * acc,
             "ece": 100 * expected_calibration_error(probs, labels, cfg.n_bins),
             "estimated_accuracy": 100 * estimate,
             "estimation_error": 100 * abs(estimate - acc),
         }
+        if input_reference is not None:
+            counts = reference_histograms(batch)
+            row["input_psi"] = max(psi(counts[k], input_reference[k]) for k in INPUT_STATS)
+        results.setdefault(name, {})[str(level)] = row
     return results
 
 

@@ -65,6 +65,8 @@ def test_shift_study_has_every_corruption_and_severity(evaluated: tuple[Any, Any
         abs(row["estimated_accuracy"] - row["accuracy"])
     )
     assert 0 <= row["accuracy"] <= 100 and 0 <= row["ece"] <= 100
+    # the input drift of each row: small on clean test images, large at contrast severity 5
+    assert shift["clean"]["0"]["input_psi"] < 0.5 < row["input_psi"]
 
 
 def test_serving_reference(evaluated: tuple[Any, Any, Path]) -> None:

@@ -42,6 +42,7 @@ SEVERITY_PARAMS: dict[str, tuple[float, ...]] = {
     "pixelate": (2.0, 3.0, 4.0, 5.0, 6.0),
     "impulse_noise": (0.03, 0.06, 0.09, 0.17, 0.27),
     "occlusion": (0.1, 0.2, 0.3, 0.4, 0.5),
+    "invert": (0.2, 0.4, 0.6, 0.8, 1.0),
 }
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 
@@ -174,6 +175,17 @@ def occlusion(images: np.ndarray, severity: int, rng: np.random.Generator) -> np
     return out
 
 
+def invert(images: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """Blend each image with its negative, ``(1 - a) x + a (255 - x)``; severity 5 (a = 1) is
+    the full negative: a light background where training had a dark one, as photos of objects
+    on white paper give. Not one of Hendrycks & Dietterich's corruptions: the shift the
+    monitoring must catch (the estimate of accuracy fails there while confidence stays high).
+    Deterministic (``rng`` unused)."""
+    a = np.float32(SEVERITY_PARAMS["invert"][severity - 1])
+    x = _to_unit(images)
+    return _to_uint8((1 - a) * x + a * (1 - x))
+
+
 CORRUPTIONS: dict[str, Corruption] = {
     "gaussian_noise": gaussian_noise,
     "gaussian_blur": gaussian_blur,
@@ -183,6 +195,7 @@ CORRUPTIONS: dict[str, Corruption] = {
     "pixelate": pixelate,
     "impulse_noise": impulse_noise,
     "occlusion": occlusion,
+    "invert": invert,
 }
 
 

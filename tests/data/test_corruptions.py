@@ -128,7 +128,7 @@ def test_impulse_noise_sets_about_the_expected_fraction() -> None:
 
 def test_deterministic_corruptions_ignore_the_seed() -> None:
     images = structured_batch((4, 28, 28, 1))
-    for name in ("gaussian_blur", "contrast", "brightness", "pixelate"):
+    for name in ("gaussian_blur", "contrast", "brightness", "pixelate", "invert"):
         np.testing.assert_array_equal(corrupt(images, name, 4, 0), corrupt(images, name, 4, 99))
 
 
@@ -153,3 +153,10 @@ def test_invalid_images_are_named() -> None:
         corrupt(images[..., 0], "contrast", 1, 0)
     with pytest.raises(ValueError, match=r"seed.*-3"):
         corrupt(images, "contrast", 1, -3)
+
+
+def test_invert_by_hand() -> None:
+    images = np.array([0, 100, 255], dtype=np.uint8).reshape(1, 1, 3, 1)
+    # a = 0.2: 0.8 x + 0.2 (255 - x) -> 0 + 51, 80 + 31, 204 + 0; a = 1: the negative
+    assert corrupt(images, "invert", 1, 0).ravel().tolist() == [51, 111, 204]
+    assert corrupt(images, "invert", 5, 0).ravel().tolist() == [255, 155, 0]

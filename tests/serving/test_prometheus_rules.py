@@ -43,6 +43,7 @@ THRESHOLDS = {
     "RankcalEstimatedAccuracyDrop": 0.05,
     "RankcalHighOODRate": 0.2,
     "RankcalInputDrift": 1,
+    "RankcalEstimateNotValid": 1,
 }
 NAME = re.compile(r"\b(?:rankcal[_:]|bentoml_)[A-Za-z0-9_:]*")
 # The model of rules_test.yml (see its header comment).
