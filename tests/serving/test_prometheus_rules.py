@@ -199,6 +199,8 @@ def test_dashboard_reads_only_existing_series() -> None:
         "rankcal:ood_ratio:rate5m",
         "rankcal_rejected_requests_total",
         "bentoml_service_request_duration_seconds_bucket",
+        "rankcal:input_psi:5m",
+        "rankcal:estimate_valid:5m",
     }
     assert required <= used
     assert any(p["type"] == "heatmap" for p in board["panels"])
@@ -216,6 +218,7 @@ def test_dashboard_threshold_lines_match_alerts() -> None:
     assert THRESHOLDS["RankcalConfidenceDrift"] in steps("rankcal:psi:5m")
     assert THRESHOLDS["RankcalConfidenceKSDrift"] in steps("rankcal:ks:5m")
     assert THRESHOLDS["RankcalHighOODRate"] in steps("rankcal:ood_ratio:rate5m")
+    assert THRESHOLDS["RankcalInputDrift"] in steps("rankcal:input_psi:5m")
 
 
 @needs_promtool
