@@ -124,7 +124,7 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
         test_ece=2.0,
         model_version="test-0001",
         input_reference=InputReference(
-            edges=list(INPUT_EDGES), **reference_histograms(quadrant_images(64, seed=99)[0])
+            edges=list(INPUT_EDGES), **reference_histograms(quadrant_images(2000, seed=99)[0])
         ),
     )
     path = tmp_path_factory.mktemp("model") / "model.onnx"

@@ -251,3 +251,46 @@ def test_prometheus_scrapes_the_service_and_evaluates_the_rules(
         assert increase is not None and math.isfinite(increase) and increase > 0
         # Nothing fires: every alert waits 10 minutes.
         assert query(prom, 'ALERTS{alertstate="firing"}') == []
+
+
+def test_input_drift_marks_the_estimate_not_valid_in_a_real_prometheus(
+    exported_model: ExportedModel, tmp_path: Path
+) -> None:
+    """Two workers, Prometheus evaluating the shipped rules every second: 120 in-distribution
+    images leave the estimate valid; 120 inverted images after them (half the 5-minute window)
+    raise the input PSI far past the alert's 1 and mark the estimate not valid."""
+    port = free_port()
+    params = write_params(tmp_path / "params.yaml", port=port, workers=2, max_latency_ms=10_000)
+    env = service_env(exported_model.path, params)
+    config = prometheus_config(tmp_path, port)
+    images, _ = quadrant_images(120, seed=41)
+    job = f'{{job="{JOB}"}}'
+    with (
+        run_prometheus(config, tmp_path) as prom,
+        run_service(serve_argv(), env, port, tmp_path / "service.log") as service,
+    ):
+        prom_log = tmp_path / "prometheus.log"
+        wait_for(lambda: scalar(prom, f"up{job}") == 1, "up == 1", prom_log)
+        wait_for(
+            lambda: scalar(prom, "sum(rankcal_input_bin_total)") == 0,
+            "a scrape of the idle service",
+            prom_log,
+        )
+        send_traffic(service.url, images, singles=40)
+        wait_for(
+            lambda: scalar(prom, f"rankcal:estimate_valid:5m{job}") is not None,
+            "rankcal:estimate_valid:5m after 120 predictions",
+            prom_log,
+        )
+        assert scalar(prom, f"rankcal:estimate_valid:5m{job}") == 1
+        in_distribution = scalar(prom, f"max(rankcal:input_psi:5m{job})")
+        assert in_distribution is not None and in_distribution < 1  # RankcalInputDrift's line
+
+        send_traffic(service.url, 255 - images, singles=40)
+        wait_for(
+            lambda: scalar(prom, f"rankcal:estimate_valid:5m{job}") == 0,
+            "rankcal:estimate_valid:5m == 0 after 120 inverted images",
+            prom_log,
+        )
+        shifted = scalar(prom, f"max(rankcal:input_psi:5m{job})")
+        assert shifted is not None and shifted > 1 > in_distribution
