@@ -36,6 +36,22 @@ def check_edges(edges: Sequence[float]) -> np.ndarray:
     return e
 
 
+def bin_index(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
+    """The bin ``(edges[i], edges[i + 1]]`` of each value (clipped to [0, 1]), flattened.
+
+    Args:
+        values: Values in [0, 1], any shape.
+        edges: Bin edges as accepted by :func:`check_edges`.
+
+    Returns:
+        Integer bin indices in ``0 .. len(edges) - 2``, one per value.
+    """
+    e = check_edges(edges)
+    c = np.clip(np.asarray(values, dtype=np.float64).ravel(), 0.0, 1.0)
+    # side="left" puts c == hi into the bin ending at hi, as Prometheus' le buckets do.
+    return np.clip(np.searchsorted(e, c, side="left") - 1, 0, e.size - 2)
+
+
 def bin_counts(confidence: np.ndarray, edges: Sequence[float]) -> np.ndarray:
     """Count confidences per bin ``(edges[i], edges[i + 1]]``; values are clipped to [0, 1].
 
@@ -46,11 +62,8 @@ def bin_counts(confidence: np.ndarray, edges: Sequence[float]) -> np.ndarray:
     Returns:
         Integer counts, one per bin (``len(edges) - 1``).
     """
-    e = check_edges(edges)
-    c = np.clip(np.asarray(confidence, dtype=np.float64).ravel(), 0.0, 1.0)
-    # side="left" puts c == hi into the bin ending at hi, as Prometheus' le buckets do.
-    idx = np.clip(np.searchsorted(e, c, side="left") - 1, 0, e.size - 2)
-    return np.bincount(idx, minlength=e.size - 1).astype(np.int64)
+    n_bins = len(edges) - 1
+    return np.bincount(bin_index(confidence, edges), minlength=n_bins).astype(np.int64)
 
 
 def _fractions(counts: np.ndarray | Sequence[float], what: str) -> np.ndarray:

@@ -22,11 +22,17 @@ from pipeline.data.prepared import PreparedData
 from pipeline.data.split import stratified_subset
 from pipeline.drift import bin_counts, psi
 from pipeline.inference import predict_logits
-from pipeline.input_stats import EDGES, reference_histograms
+from pipeline.input_stats import EDGES, atypical, input_statistics, reference_histograms
 from pipeline.input_stats import STATISTICS as INPUT_STATS
 from pipeline.metrics.calibration import calibration_report, expected_calibration_error
 from pipeline.metrics.ood import max_softmax, ood_report
-from pipeline.ood_selection import SELECTION_SET, OODChoice, choose_ood_score, synthetic_ood
+from pipeline.ood_selection import (
+    SELECTION_SET,
+    OODChoice,
+    choose_ood_score,
+    score,
+    synthetic_ood,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +124,21 @@ def evaluate(model: nn.Module, data: PreparedData, cfg: EvaluateConfig) -> Evalu
         choice.threshold,
     )
     metrics["input_drift"] = input_drift_evidence(data, input_reference)
+    flagged_sets = {
+        "val": (val_images, val_logits),
+        "test": (data.test.images, test_logits),
+        "inverted_test": (None, inverted),
+        **{name: (images, ood_logits[name]) for name, images in data.ood.items()},
+    }
+    metrics["ood_flag"] = {
+        name: ood_flag_shares(
+            images if images is not None else 255 - np.asarray(data.test.images),
+            logits / t,
+            choice,
+            input_reference,
+        )
+        for name, (images, logits) in flagged_sets.items()
+    }
     test_conf = max_softmax(test_logits / t)
     serving = serving_reference(data, t, choice, test_conf, cfg)
     serving["input_reference"] = {"edges": list(EDGES), **input_reference}
@@ -155,6 +176,30 @@ def input_drift_evidence(
     return {
         name: {stat: psi(counts[stat], reference[stat]) for stat in INPUT_STATS}
         for name, counts in sets.items()
+    }
+
+
+def ood_flag_shares(
+    images: np.ndarray,
+    calibrated_logits: np.ndarray,
+    choice: OODChoice,
+    reference: dict[str, list[int]],
+    batch_size: int = 1024,
+) -> dict[str, float]:
+    """Percent of ``images`` the service would flag ``is_ood``: by the chosen score under its
+    threshold, by input statistics unlike any training image
+    (:func:`pipeline.input_stats.atypical`), and by either (what ``is_ood`` is)."""
+    by_score = score(choice.name, calibrated_logits) < choice.threshold
+    unlike = np.concatenate(
+        [
+            atypical(input_statistics(np.asarray(images[i : i + batch_size])), EDGES, reference)
+            for i in range(0, len(images), batch_size)
+        ]
+    )
+    return {
+        "score": 100 * float(by_score.mean()),
+        "atypical": 100 * float(unlike.mean()),
+        "either": 100 * float((by_score | unlike).mean()),
     }
 
 

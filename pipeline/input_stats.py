@@ -22,9 +22,11 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-from pipeline.drift import bin_counts
+from pipeline.drift import bin_counts, bin_index
 
 STATISTICS = ("mean", "contrast", "dark_share", "bright_share")
 # 10 equal-width bins over [0, 1]: every statistic lives there. PSI of a sample of n inputs
@@ -32,6 +34,9 @@ STATISTICS = ("mean", "contrast", "dark_share", "bright_share")
 # alerts wait for give 0.14 on average for test images (20 bins: about twice that).
 EDGES = tuple(float(e) for e in np.linspace(0.0, 1.0, 11))
 DARK, BRIGHT = 64, 191
+# A bin with less than this share of the training images is outside the training range: with
+# the evaluation's 10,000 reference images, fewer than 10 of them.
+ATYPICAL_FRACTION = 0.001
 
 
 def input_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
@@ -43,7 +48,7 @@ def input_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
     x = np.asarray(images)
     if x.dtype != np.uint8 or x.ndim != 4:
         raise ValueError(f"images must be uint8 (N, H, W, C), got {x.dtype} {x.shape}")
-    flat = x.reshape(len(x), -1)
+    flat = x.reshape(len(x), int(np.prod(x.shape[1:])))  # -1 fails on an empty batch
     values = flat.astype(np.float32) / 255.0
     return {
         "mean": values.mean(axis=1, dtype=np.float64),
@@ -52,6 +57,39 @@ def input_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
         "dark_share": (flat <= DARK).mean(axis=1),
         "bright_share": (flat >= BRIGHT).mean(axis=1),
     }
+
+
+def atypical(
+    stats: dict[str, np.ndarray],
+    edges: Sequence[float],
+    reference: dict[str, Sequence[int]],
+    min_fraction: float = ATYPICAL_FRACTION,
+) -> np.ndarray:
+    """Whether each image has a statistic in a bin that held less than ``min_fraction`` of the
+    training images: outside what the model was trained on, whatever its confidence says.
+
+    A flat grey image (a photo of noise, downscaled) has almost no contrast and no dark pixels,
+    which no Fashion-MNIST training image has, yet the model answers it confidently; its
+    statistics flag it. On the model's own validation images the flag is almost never raised
+    (``metrics/eval.json``, ``ood_selection.atypical_share``).
+
+    Args:
+        stats: :func:`input_statistics` of a batch.
+        edges: The reference's bin edges.
+        reference: Training-split counts per statistic on ``edges``.
+        min_fraction: Bins with a smaller share of the training images are atypical.
+
+    Returns:
+        Bool per image.
+    """
+    flagged: np.ndarray | None = None
+    for name in STATISTICS:
+        counts = np.asarray(reference[name], dtype=np.float64)
+        rare = counts / counts.sum() < min_fraction
+        hits = rare[bin_index(stats[name], edges)]
+        flagged = hits if flagged is None else flagged | hits
+    assert flagged is not None
+    return flagged
 
 
 def reference_histograms(

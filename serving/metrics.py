@@ -34,7 +34,6 @@ import numpy as np
 
 from pipeline.drift import bin_counts, check_edges, ks_statistic, psi
 from pipeline.input_stats import STATISTICS as INPUT_STATISTICS
-from pipeline.input_stats import input_statistics
 from pipeline.model_card import ModelCard
 
 if TYPE_CHECKING:
@@ -325,12 +324,11 @@ class ServiceMetrics:
             for value, share in zip(labels, counts / counts.sum(), strict=True):
                 fraction.labels(name, value).set(share)
 
-    def record_inputs(self, images: np.ndarray) -> None:
-        """Count the statistics (:func:`pipeline.input_stats.input_statistics`) of the uint8
-        ``(N, H, W, C)`` images the model answered, at the shape the model sees them."""
-        if not self._input_bins or len(images) == 0:
+    def record_inputs(self, stats: dict[str, np.ndarray] | None) -> None:
+        """Count the statistics (:func:`pipeline.input_stats.input_statistics`) of the images
+        the model answered, at the shape the model saw them (``None``: nothing to count)."""
+        if not self._input_bins or stats is None:
             return
-        stats = input_statistics(images)
         for name, children in self._input_bins.items():
             _inc_nonzero(children, bin_counts(stats[name], self._input_edges))
 

@@ -19,6 +19,8 @@ import onnxruntime as ort
 
 from pipeline.config import ConfigError
 from pipeline.images import fit_image
+from pipeline.input_stats import STATISTICS as INPUT_STATISTICS
+from pipeline.input_stats import atypical, input_statistics
 from pipeline.model_card import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, ModelCard
 from pipeline.ood_selection import score as ood_score
 from pipeline.preprocessing import to_model_input
@@ -128,8 +130,12 @@ class Predictions:
     confidence: np.ndarray
     entropy: np.ndarray
     ood_score: np.ndarray  # the card's OOD score, higher for in-distribution inputs
-    is_ood: np.ndarray  # ood_score < the card's ood_threshold
+    # an input statistic where the training images (almost) never were (pipeline.input_stats)
+    atypical: np.ndarray
+    is_ood: np.ndarray  # ood_score < the card's ood_threshold, or atypical
     top_k: np.ndarray
+    # pipeline.input_stats.input_statistics of the batch; None when the card has no reference
+    input_stats: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.predicted)
@@ -216,13 +222,21 @@ class Predictor:
             ood = confidence
         else:  # entropy or energy
             ood = ood_score(card.ood_score, logits)
+        stats, unlike_training = None, np.zeros(len(images), dtype=bool)
+        if card.input_reference is not None and len(images):
+            ref = card.input_reference
+            stats = input_statistics(images)
+            counts = {name: ref.counts(name) for name in INPUT_STATISTICS}
+            unlike_training = atypical(stats, ref.edges, counts)
         return Predictions(
             probabilities=probs,
             predicted=predicted,
             confidence=confidence,
             entropy=entropy(probs),
             ood_score=ood,
-            is_ood=ood < card.ood_threshold,
+            atypical=unlike_training,
+            is_ood=(ood < card.ood_threshold) | unlike_training,
+            input_stats=stats,
             top_k=top_k(probs, self.top_k),
         )
 

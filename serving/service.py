@@ -91,7 +91,8 @@ class Prediction(BaseModel):
     confidence: float
     top_k: list[ClassProbability]
     entropy: float  # nats
-    is_ood: bool  # the card's OOD score (msp or energy) < its ood_threshold
+    # the card's OOD score under its threshold, or input statistics unlike any training image
+    is_ood: bool
     model_version: str
 
 
@@ -229,7 +230,7 @@ class ImageClassifier:
     def _predict(self, batch: np.ndarray) -> list[dict[str, Any]]:
         out = self.predictor.predict(batch, batch_size=SERVE.max_batch_size)
         self.metrics.record_predictions(out.confidence, out.predicted, out.is_ood)
-        self.metrics.record_inputs(batch)
+        self.metrics.record_inputs(out.input_stats)
         return self.predictor.records(out)
 
 

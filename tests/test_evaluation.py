@@ -102,6 +102,16 @@ def test_input_reference_and_drift_evidence(evaluated: tuple[Any, Any, Path]) ->
     assert drift["inverted_test"]["mean"] > 1 and drift["inverted_test"]["dark_share"] > 1
 
 
+def test_ood_flag_shares_by_score_statistics_and_either(evaluated: tuple[Any, Any, Path]) -> None:
+    flags = evaluated[0].metrics["ood_flag"]
+    assert set(flags) == {"val", "test", "inverted_test", "noise"}
+    for shares in flags.values():
+        assert max(shares["score"], shares["atypical"]) <= shares["either"]
+        assert shares["either"] <= shares["score"] + shares["atypical"] + 1e-9
+    # the threshold keeps 95% of validation images above it
+    assert flags["val"]["score"] <= 5.0 + 1e-9
+
+
 def test_inverted_test_images_are_scored_as_ood(evaluated: tuple[Any, Any, Path]) -> None:
     result, _, _ = evaluated
     inverted = result.metrics["ood"]["inverted_test"]

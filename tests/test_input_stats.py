@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from pipeline.drift import bin_counts
-from pipeline.input_stats import EDGES, STATISTICS, input_statistics, reference_histograms
+from pipeline.input_stats import (
+    EDGES,
+    STATISTICS,
+    atypical,
+    input_statistics,
+    reference_histograms,
+)
 
 
 def test_statistics_by_hand() -> None:
@@ -55,3 +61,22 @@ def test_reference_histograms_equal_direct_binning_batch_by_batch() -> None:
     inverted = reference_histograms(images, batch_size=7, invert=True)
     assert inverted["mean"] == bin_counts(1 - direct["mean"], EDGES).tolist()
     assert inverted["dark_share"] == bin_counts(direct["bright_share"], EDGES).tolist()
+
+
+def test_atypical_flags_images_in_bins_training_images_never_reached() -> None:
+    edges = [0.0, 0.5, 1.0]
+    # training: every image dark on average (mean bin 1 empty), contrast anywhere
+    reference = {
+        "mean": [1000, 0],
+        "contrast": [500, 500],
+        "dark_share": [999, 1],  # 0.1%: rare enough only below min_fraction 0.002
+        "bright_share": [1000, 0],
+    }
+    dark = np.zeros((1, 2, 2, 1), np.uint8)
+    dark[0, 0, 0] = 100  # mean 0.1, dark share 1: in the bin 1 of 1000 training images had
+    bright = np.full((1, 2, 2, 1), 255, np.uint8)  # mean 1, bright share 1: never in training
+    stats = input_statistics(np.concatenate([dark, bright]))
+    assert atypical(stats, edges, reference).tolist() == [False, True]
+    assert atypical(stats, edges, reference, min_fraction=0.002).tolist() == [True, True]
+    empty = input_statistics(np.zeros((0, 2, 2, 1), np.uint8))
+    assert atypical(empty, edges, reference).shape == (0,)

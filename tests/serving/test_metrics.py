@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.config import load_section
 from pipeline.drift import PSI_EPSILON, bin_counts, ks_statistic, psi
+from pipeline.input_stats import input_statistics
 from pipeline.model_card import InputReference, ModelCard, ReferenceConfidence
 from serving.metrics import REJECTION_REASONS, ConfidenceWindow, ServiceMetrics
 
@@ -422,7 +423,7 @@ def test_input_statistics_are_binned_on_the_cards_edges(registry) -> None:
         assert value(registry, "rankcal_input_bin_total", **labels) == 0  # present from the start
     dark = np.zeros((2, 4, 4, 1), np.uint8)  # mean 0, all pixels dark
     bright = np.full((1, 4, 4, 1), 255, np.uint8)  # mean 1, all bright
-    m.record_inputs(np.concatenate([dark, bright]))
+    m.record_inputs(input_statistics(np.concatenate([dark, bright])))
     counts = {
         (s, b): value(registry, "rankcal_input_bin_total", statistic=s, bin=b)
         for s in ("mean", "dark_share", "bright_share")
@@ -436,12 +437,13 @@ def test_input_statistics_are_binned_on_the_cards_edges(registry) -> None:
         ("bright_share", "0.5"): 2,
         ("bright_share", "1.0"): 1,
     }
-    m.record_inputs(np.zeros((0, 4, 4, 1), np.uint8))  # nothing answered, nothing counted
+    m.record_inputs(input_statistics(np.zeros((0, 4, 4, 1), np.uint8)))  # none answered
+    m.record_inputs(None)
     assert value(registry, "rankcal_input_bin_total", statistic="mean", bin="0.5") == 2
 
 
 def test_a_card_without_input_reference_exports_no_input_series(metrics, registry) -> None:
-    metrics.record_inputs(np.zeros((2, 4, 4, 1), np.uint8))
+    metrics.record_inputs(input_statistics(np.zeros((2, 4, 4, 1), np.uint8)))
     names = {s.name for f in registry.collect() for s in f.samples}
     assert not any(name.startswith("rankcal_input") for name in names)
     assert "rankcal_confidence_count" in names

@@ -218,3 +218,17 @@ def test_a_card_from_before_the_score_choice_flags_by_confidence(
             top_k=1,
             providers=[CPU],
         )
+
+
+def test_inputs_unlike_any_training_image_are_flagged_whatever_the_score(
+    predictor: Predictor,
+) -> None:
+    """The toy training images have a mean intensity near 0.25 (the card's reference); flat
+    mid-grey ones (what a photo of noise becomes once downscaled) never occurred."""
+    typical, _ = quadrant_images(8, seed=6)
+    grey = np.full((4, SIZE, SIZE, 1), 128, np.uint8)
+    out = predictor.predict(np.concatenate([typical, grey]), batch_size=16)
+    assert not out.atypical[:8].any() and out.atypical[8:].all()
+    np.testing.assert_array_equal(out.is_ood[8:], [True] * 4)
+    np.testing.assert_array_equal(out.is_ood[:8], out.ood_score[:8] < predictor.card.ood_threshold)
+    assert out.input_stats is not None and out.input_stats["mean"][8] == pytest.approx(128 / 255)
