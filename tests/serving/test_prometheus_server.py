@@ -258,7 +258,8 @@ def test_input_drift_marks_the_estimate_not_valid_in_a_real_prometheus(
 ) -> None:
     """Two workers, Prometheus evaluating the shipped rules every second: 120 in-distribution
     images leave the estimate valid; 120 inverted images after them (half the 5-minute window)
-    raise the input PSI far past the alert's 1 and mark the estimate not valid."""
+    raise the input PSI far past the alert's 1 and mark the estimate not valid; noise photos
+    are flagged OOD."""
     port = free_port()
     params = write_params(tmp_path / "params.yaml", port=port, workers=2, max_latency_ms=10_000)
     env = service_env(exported_model.path, params)
@@ -294,3 +295,17 @@ def test_input_drift_marks_the_estimate_not_valid_in_a_real_prometheus(
         )
         shifted = scalar(prom, f"max(rankcal:input_psi:5m{job})")
         assert shifted is not None and shifted > 1 > in_distribution
+
+        # Photos of noise, fitted to the model's 12x12: flat grey no training image resembles,
+        # flagged is_ood by their statistics whatever the model's confidence.
+        rng = np.random.default_rng(5)
+        noise = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(20)]
+        flags = [
+            httpx.post(
+                f"{service.url}/classify",
+                content=png_bytes(im),
+                headers={"Content-Type": "image/png"},
+            ).json()["is_ood"]
+            for im in noise
+        ]
+        assert sum(flags) >= 18, flags
