@@ -149,6 +149,32 @@ def scalar(url: str, promql: str) -> float | None:
     return float(result[0]["value"][1])
 
 
+@contextlib.contextmanager
+def prometheus_over_service(
+    model: ExportedModel, tmp: Path, workers: int = 2
+) -> Iterator[tuple[str, Any, Path]]:
+    """A service on ``model`` and a Prometheus scraping it every second with the shipped
+    rules; yields Prometheus' URL, the service and Prometheus' log once Prometheus has scraped
+    the idle service (so the counters' first samples are 0, and rate() and increase() see the
+    traffic as an increase rather than a constant)."""
+    port = free_port()
+    params = write_params(tmp / "params.yaml", port=port, workers=workers, max_latency_ms=10_000)
+    env = service_env(model.path, params)
+    # Prometheus first: it starts in about a second and scrapes the service as soon as it is up.
+    with (
+        run_prometheus(prometheus_config(tmp, port), tmp) as prom,
+        run_service(serve_argv(), env, port, tmp / "service.log") as service,
+    ):
+        log = tmp / "prometheus.log"
+        wait_for(lambda: scalar(prom, f'up{{job="{JOB}"}}') == 1, "up == 1", log)
+        wait_for(
+            lambda: scalar(prom, "sum(rankcal_predictions_total)") == 0,
+            "a scrape of the idle service",
+            log,
+        )
+        yield prom, service, log
+
+
 def offline_confidence(model: ExportedModel, images: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"])
     x = to_model_input(images, model.card.mean, model.card.std)
@@ -178,30 +204,12 @@ def send_traffic(url: str, images: np.ndarray, singles: int) -> None:
 def test_prometheus_scrapes_the_service_and_evaluates_the_rules(
     exported_model: ExportedModel, tmp_path: Path
 ) -> None:
-    port = free_port()
-    params = write_params(tmp_path / "params.yaml", port=port, workers=2, max_latency_ms=10_000)
-    env = service_env(exported_model.path, params)
-    argv = serve_argv()
-    config = prometheus_config(tmp_path, port)
     images, _ = quadrant_images(30, seed=31)
     confidence = offline_confidence(exported_model, images)
     ood = int(np.count_nonzero(confidence < exported_model.card.ood_threshold))
     sent = len(images)
 
-    # Prometheus first: it starts in about a second and scrapes the service as soon as it is up.
-    with (
-        run_prometheus(config, tmp_path) as prom,
-        run_service(argv, env, port, tmp_path / "service.log") as service,
-    ):
-        prom_log = tmp_path / "prometheus.log"
-        # A successful scrape before any traffic: the counters' first samples are 0, so rate()
-        # and increase() see the traffic as an increase rather than a constant.
-        wait_for(lambda: scalar(prom, f'up{{job="{JOB}"}}') == 1, "up == 1", prom_log)
-        wait_for(
-            lambda: scalar(prom, "sum(rankcal_predictions_total)") == 0,
-            "a scrape of the idle service",
-            prom_log,
-        )
+    with prometheus_over_service(exported_model, tmp_path) as (prom, service, prom_log):
         send_traffic(service.url, images, singles=20)
 
         wait_for(
@@ -260,23 +268,9 @@ def test_input_drift_marks_the_estimate_not_valid_in_a_real_prometheus(
     images leave the estimate valid; 120 inverted images after them (half the 5-minute window)
     raise the input PSI far past the alert's 1 and mark the estimate not valid; noise photos
     are flagged OOD."""
-    port = free_port()
-    params = write_params(tmp_path / "params.yaml", port=port, workers=2, max_latency_ms=10_000)
-    env = service_env(exported_model.path, params)
-    config = prometheus_config(tmp_path, port)
     images, _ = quadrant_images(120, seed=41)
     job = f'{{job="{JOB}"}}'
-    with (
-        run_prometheus(config, tmp_path) as prom,
-        run_service(serve_argv(), env, port, tmp_path / "service.log") as service,
-    ):
-        prom_log = tmp_path / "prometheus.log"
-        wait_for(lambda: scalar(prom, f"up{job}") == 1, "up == 1", prom_log)
-        wait_for(
-            lambda: scalar(prom, "sum(rankcal_input_bin_total)") == 0,
-            "a scrape of the idle service",
-            prom_log,
-        )
+    with prometheus_over_service(exported_model, tmp_path) as (prom, service, prom_log):
         send_traffic(service.url, images, singles=40)
         wait_for(
             lambda: scalar(prom, f"rankcal:estimate_valid:5m{job}") is not None,
