@@ -9,8 +9,11 @@ reference histogram and evaluation accuracy so the rules need no model-specific 
 
 Confidences, accuracies and ratios are fractions in [0, 1] (the card's percentages are divided by
 100), hence the ``_ratio`` suffixes. Histogram buckets, the per-bin counter and the reference
-gauges all use the card's bin edges, with ``le`` labels formatted exactly as ``prometheus_client``
-formats histogram buckets (``"0.1"``, ``"1.0"``), so PromQL can join them on ``le``.
+gauges all use the card's bin edges, formatted exactly as ``prometheus_client`` formats histogram
+buckets (``"0.1"``, ``"1.0"``). Only the histogram's buckets carry them as ``le`` (Prometheus
+reserves that label for histograms: ``promtool check metrics`` refuses it elsewhere); the per-bin
+counter and the reference gauges carry them as ``bin``, and the rules relabel ``le`` to ``bin``
+where they join the two.
 
 ``prometheus_client`` is imported inside :class:`ServiceMetrics` only: it decides at import time
 whether to write multiprocess files (``PROMETHEUS_MULTIPROC_DIR``), and BentoML sets that variable
@@ -219,8 +222,8 @@ class ServiceMetrics:
         )
         bins = prom.Counter(
             "rankcal_confidence_bin",
-            "Served predictions per confidence bin (lo, le] (not cumulative)",
-            ["le"],
+            "Served predictions per confidence bin (lo, bin] (not cumulative)",
+            ["bin"],
             registry=reg,
         )
         self._bins = [bins.labels(value) for value in le]
@@ -264,13 +267,13 @@ class ServiceMetrics:
         info.labels(card.model_version, provider, card.dataset, card.ood_score).set(1)
         fraction = gauge(
             "rankcal_reference_bucket_fraction",
-            "Reference (test set) fraction of predictions per confidence bin (lo, le]",
-            ["le"],
+            "Reference (test set) fraction of predictions per confidence bin (lo, bin]",
+            ["bin"],
         )
         cdf = gauge(
             "rankcal_reference_cdf",
-            "Reference fraction of predictions with confidence <= le",
-            ["le"],
+            "Reference fraction of predictions with confidence <= bin",
+            ["bin"],
         )
         total = self._reference.sum()
         cumulative = np.cumsum(self._reference) / total

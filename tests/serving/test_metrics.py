@@ -78,7 +78,7 @@ def test_histogram_and_counters_are_exact(metrics: ServiceMetrics, registry) -> 
     assert buckets == [3, 5, 6, 8, 8]
     assert value(registry, "rankcal_confidence_count") == 8
     assert value(registry, "rankcal_confidence_sum") == pytest.approx(5.345)
-    assert [value(registry, "rankcal_confidence_bin_total", le=le) for le in LE] == [3, 2, 1, 2]
+    assert [value(registry, "rankcal_confidence_bin_total", bin=le) for le in LE] == [3, 2, 1, 2]
     by_class = [value(registry, "rankcal_predictions_total", class_name=c) for c in CLASSES]
     assert by_class == [2, 3, 3]
     assert value(registry, "rankcal_ood_predictions_total") == 2
@@ -91,7 +91,7 @@ def test_float32_confidence_lands_in_the_same_bucket_everywhere(metrics, registr
     metrics.record_predictions(conf, np.array([0, 0]), np.array([False, False]))
     assert value(registry, "rankcal_confidence_bucket", le="0.9") == 1
     assert value(registry, "rankcal_confidence_bucket", le="1.0") == 2
-    assert [value(registry, "rankcal_confidence_bin_total", le=le) for le in LE] == [0, 1, 0, 1]
+    assert [value(registry, "rankcal_confidence_bin_total", bin=le) for le in LE] == [0, 1, 0, 1]
     np.testing.assert_array_equal(
         metrics._window.counts, bin_counts(np.clip(conf.astype(np.float64), 0, 1), EDGES)
     )
@@ -196,9 +196,9 @@ def test_empty_window_reads_nan(metrics: ServiceMetrics, registry) -> None:
 def test_reference_and_model_gauges_equal_the_card(metrics, registry) -> None:
     fractions = np.array(REFERENCE) / sum(REFERENCE)
     for le, fraction, cdf in zip(LE, fractions, np.cumsum(REFERENCE) / sum(REFERENCE), strict=True):
-        assert value(registry, "rankcal_reference_bucket_fraction", le=le) == fraction
-        assert value(registry, "rankcal_reference_cdf", le=le) == cdf
-    assert value(registry, "rankcal_reference_cdf", le="1.0") == 1.0
+        assert value(registry, "rankcal_reference_bucket_fraction", bin=le) == fraction
+        assert value(registry, "rankcal_reference_cdf", bin=le) == cdf
+    assert value(registry, "rankcal_reference_cdf", bin="1.0") == 1.0
     assert value(registry, "rankcal_model_evaluation_accuracy_ratio") == 0.8  # card: 80 %
     assert value(registry, "rankcal_reference_mean_confidence") == 0.85
     assert value(registry, "rankcal_ood_threshold") == 0.4
@@ -207,7 +207,7 @@ def test_reference_and_model_gauges_equal_the_card(metrics, registry) -> None:
     assert value(registry, "rankcal_model_info", **info) == 1
 
 
-def test_le_labels_agree_across_histogram_bins_and_reference(params, registry) -> None:
+def test_bin_labels_agree_with_the_histograms_le(params, registry) -> None:
     edges = load_section(params, "evaluate").reference_edges
     card = make_card(edges=edges, counts=[1] * (len(edges) - 1))
     ServiceMetrics(
@@ -217,16 +217,20 @@ def test_le_labels_agree_across_histogram_bins_and_reference(params, registry) -
         f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())
     }
 
-    def les(family: str, sample: str) -> list[str]:
-        return [s.labels["le"] for s in families[family].samples if s.name == sample]
+    def labels(family: str, sample: str, label: str) -> list[str]:
+        return [s.labels[label] for s in families[family].samples if s.name == sample]
 
-    histogram = les("rankcal_confidence", "rankcal_confidence_bucket")
+    histogram = labels("rankcal_confidence", "rankcal_confidence_bucket", "le")
     assert histogram[-1] == "+Inf"
     assert [float(le) for le in histogram[:-1]] == edges[1:]
     assert "1.0" in histogram
-    assert les("rankcal_confidence_bin", "rankcal_confidence_bin_total") == histogram[:-1]
+    counter = labels("rankcal_confidence_bin", "rankcal_confidence_bin_total", "bin")
+    assert counter == histogram[:-1]
     for name in ("rankcal_reference_bucket_fraction", "rankcal_reference_cdf"):
-        assert les(name, name) == histogram[:-1]
+        assert labels(name, name, "bin") == histogram[:-1]
+    # only the histogram carries le (promtool check metrics refuses it elsewhere)
+    carrying_le = {s.name for f in families.values() for s in f.samples if "le" in s.labels}
+    assert carrying_le == {"rankcal_confidence_bucket"}
 
 
 def test_rejections_touch_only_the_rejection_counter(metrics, registry) -> None:
@@ -374,7 +378,7 @@ def test_multiprocess_workers_sum_and_keep_every_metric(tmp_path: Path) -> None:
     assert samples("rankcal_confidence", "rankcal_confidence_count") == {(): 8}
     assert samples("rankcal_confidence", "rankcal_confidence_sum")[()] == pytest.approx(sum(both))
     bins = samples("rankcal_confidence_bin", "rankcal_confidence_bin_total")
-    assert [bins[(("le", le),)] for le in LE] == bin_counts(np.array(both), EDGES).tolist()
+    assert [bins[(("bin", le),)] for le in LE] == bin_counts(np.array(both), EDGES).tolist()
     classes = samples("rankcal_predictions", "rankcal_predictions_total")
     assert [classes[(("class_name", c),)] for c in CLASSES] == [3, 3, 2]
     assert samples("rankcal_ood_predictions", "rankcal_ood_predictions_total") == {(): 2}
@@ -390,7 +394,7 @@ def test_multiprocess_workers_sum_and_keep_every_metric(tmp_path: Path) -> None:
 
     # Static gauges: one series, no pid; a worker on another provider shows as its own series.
     assert samples("rankcal_model_evaluation_accuracy_ratio") == {(): 0.8}
-    assert samples("rankcal_reference_cdf")[(("le", "0.99"),)] == 0.6
+    assert samples("rankcal_reference_cdf")[(("bin", "0.99"),)] == 0.6
     providers = {dict(k)["provider"] for k in samples("rankcal_model_info")}
     assert providers == {CPU, "CUDAExecutionProvider"}
 

@@ -62,6 +62,7 @@ from tests.serving.conftest import (
 )
 from tests.serving.test_images import png_with_header_size
 from tests.serving.test_npy import npy_pickled, npy_shape, npy_version
+from tests.serving.test_prometheus_rules import PROMTOOL, needs_promtool
 
 DOCKERFILE = ROOT / "Dockerfile"
 # Limits of the test service, small enough to trip with small payloads.
@@ -277,6 +278,20 @@ def test_the_python_client_sends_npy_and_gets_the_offline_answers(
     with pytest.raises(httpx.HTTPStatusError) as refused:
         client.classify_batch(images[:, :-1], url=service.url)
     assert refused.value.response.json()["reason"] == "bad_shape"
+
+
+@needs_promtool
+def test_a_live_scrape_passes_promtool_check_metrics(service: RunningService) -> None:
+    """Prometheus' own linter on what the service exports after traffic and a refusal (only
+    histograms may carry ``le``; counters end in ``_total``; help on every family)."""
+    assert post_image(service.url, png_bytes(sample_images(1, seed=1)[0])).status_code == 200
+    assert post_image(service.url, b"not an image").status_code == 400
+    text = httpx.get(f"{service.url}/metrics").text
+    assert "rankcal_input_bin_total" in text and "rankcal_confidence_bin_total" in text
+    result = subprocess.run(
+        [PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_metrics_count_what_was_served(
