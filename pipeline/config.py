@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -361,6 +362,10 @@ def parse_dataclass(cls: type[T], raw: Any, prefix: str) -> T:
     return cls(**values)
 
 
+# A number in exponent notation without a dot, which YAML 1.1 leaves a string: 1e-3, 5E+2.
+_YAML_FLOAT_STRING = re.compile(r"[-+]?\d+[eE][-+]?\d+")
+
+
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -379,6 +384,9 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             raise ConfigError(f"{key} must be a list, got {value!r}")
         return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str) and _YAML_FLOAT_STRING.fullmatch(value.strip()):
+        # PyYAML follows YAML 1.1, which reads 1e-3 (no dot) as a string; it is a number.
         return float(value)
     # bool is an int subclass: refuse True where a number is expected and vice versa.
     if not isinstance(value, hint) or (hint is not bool and isinstance(value, bool)):

@@ -34,7 +34,7 @@ from pipeline.batches import (
 )
 from pipeline.calibration import softmax
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.config import LossConfig, ModelConfig, TrainConfig
+from pipeline.config import ConfigError, LossConfig, ModelConfig, TrainConfig
 from pipeline.data.prepared import PreparedData
 from pipeline.inference import predict_logits
 from pipeline.metrics.calibration import expected_calibration_error
@@ -64,7 +64,10 @@ class TrainResult:
 def select_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present; asking for ``cuda`` without one is an error."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is available; use 'auto'")
+        raise ConfigError(
+            "train.device is 'cuda' but torch sees no CUDA device here: use 'auto' (the GPU when "
+            "there is one) or 'cpu'"
+        )
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)

@@ -8,6 +8,7 @@ only adds HTTP around it.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,12 +33,26 @@ CPU = "CPUExecutionProvider"
 
 
 def execution_providers() -> list[str]:
-    """CUDA then CPU where this ONNX Runtime build has CUDA, else CPU only.
+    """CUDA then CPU where this ONNX Runtime build has CUDA and an NVIDIA driver is installed,
+    else CPU only.
 
-    ONNX Runtime falls back to the CPU with only a log line when the CUDA libraries are missing,
-    so check :attr:`Predictor.provider` for what is really in use.
+    onnxruntime-gpu lists its CUDA provider on every machine; asked for it without a GPU, it
+    prints a red error about a missing CUDA library at every start and falls back to the CPU.
+    Where a driver is present, ONNX Runtime can still fall back (CUDA libraries missing), so
+    check :attr:`Predictor.provider` for what is really in use.
     """
-    return [CUDA, CPU] if CUDA in ort.get_available_providers() else [CPU]
+    if CUDA in ort.get_available_providers() and cuda_driver_present():
+        return [CUDA, CPU]
+    return [CPU]
+
+
+def cuda_driver_present() -> bool:
+    """Whether the NVIDIA driver's user-space library (``libcuda.so.1``) loads here."""
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
 
 
 def entropy(probabilities: np.ndarray) -> np.ndarray:

@@ -12,11 +12,10 @@ import sys
 from pathlib import Path
 
 from dvclive import Live
-
 from pipeline.config import ConfigError, load_section
 from pipeline.data import DataError, load_prepared
 from pipeline.io import atomic_path, write_json
-from pipeline.training import train
+from pipeline.training import select_device, train
 from stages.common import parser, setup
 
 
@@ -33,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         model_cfg, loss_cfg, train_cfg = (
             load_section(params, s) for s in ("model", "loss", "train")
         )
+        select_device(train_cfg.device)  # one line, not a traceback, when no GPU is there
         # Mapped, not read: a training split larger than memory is read batch by batch.
         data = load_prepared(args.data, mmap=True)
     except (ConfigError, DataError) as err:

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from pipeline.config import ConfigError, LossConfig, TrainConfig, load_section, read_params
+from tests.conftest import ROOT
 
 PARAMS = Path(__file__).parents[1] / "params.yaml"
 
@@ -65,6 +66,20 @@ def test_unknown_and_missing_keys(params: dict[str, Any]) -> None:
         load_section(bad, "train")
     del bad["train"]["learning_rate"], bad["train"]["lr"]
     with pytest.raises(ConfigError, match=r"missing key\(s\) \['train.lr'\]"):
+        load_section(bad, "train")
+
+
+def test_exponent_without_a_dot_is_a_number(params: dict[str, Any], tmp_path: Path) -> None:
+    """YAML 1.1 (PyYAML) reads ``1e-3`` as a string; the params mean a number."""
+    text = (ROOT / "params.yaml").read_text().replace("  lr: 0.05\n", "  lr: 1e-3\n", 1)
+    assert "lr: 1e-3" in text
+    (tmp_path / "params.yaml").write_text(text)
+    raw = read_params(tmp_path / "params.yaml")
+    assert raw["train"]["lr"] == "1e-3"  # what the YAML parser gives
+    assert load_section(raw, "train").lr == 0.001
+    bad = copy.deepcopy(params)
+    bad["train"]["lr"] = "fast"
+    with pytest.raises(ConfigError, match=r"train\.lr must be of type float, got 'fast'"):
         load_section(bad, "train")
 
 

@@ -13,7 +13,14 @@ import pytest
 from pipeline.images import fit_image
 from pipeline.model_card import INPUT_NAME, METADATA_KEY
 from pipeline.preprocessing import to_model_input
-from serving.predictor import CPU, Predictor, entropy, execution_providers, top_k
+from serving.predictor import (
+    CPU,
+    Predictor,
+    cuda_driver_present,
+    entropy,
+    execution_providers,
+    top_k,
+)
 from tests.serving.conftest import CLASS_NAMES, SIZE, ExportedModel, quadrant_images
 
 
@@ -156,8 +163,21 @@ def test_execution_providers_end_with_cpu() -> None:
     providers = execution_providers()
     assert providers[-1] == CPU
     assert ("CUDAExecutionProvider" in providers) == (
-        "CUDAExecutionProvider" in ort.get_available_providers()
+        "CUDAExecutionProvider" in ort.get_available_providers() and cuda_driver_present()
     )
+
+
+def test_cuda_is_asked_for_only_where_a_driver_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    import serving.predictor as predictor_module
+
+    cuda = "CUDAExecutionProvider"
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [cuda, CPU])
+    monkeypatch.setattr(predictor_module, "cuda_driver_present", lambda: False)
+    assert execution_providers() == [CPU]
+    monkeypatch.setattr(predictor_module, "cuda_driver_present", lambda: True)
+    assert execution_providers() == [cuda, CPU]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CPU])
+    assert execution_providers() == [CPU]
 
 
 def test_the_service_session_does_not_spin_wait(predictor: Predictor) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import onnxruntime as ort
 import pytest
+import torch
 import yaml
 
 from pipeline.data import save_prepared
@@ -17,6 +18,7 @@ from pipeline.io import write_json
 from pipeline.model_card import METADATA_KEY, ModelCard
 from stages import download, preset
 from stages import export as export_stage
+from stages import train as train_stage
 from tests.conftest import ROOT
 from tests.data.conftest import write_raw_dataset
 from tests.test_export import toy_pipeline
@@ -186,3 +188,17 @@ def test_model_version_is_git_describe_plus_weight_hash(
     assert export_stage.model_version(weights) == f"unknown-{digest}"
     monkeypatch.setenv("RANKCAL_MODEL_VERSION", "release-7")
     assert export_stage.model_version(weights) == "release-7"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without")
+def test_train_on_cuda_without_a_gpu_is_one_line_not_a_traceback(
+    tmp_path: Path, params: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    params["train"]["device"] = "cuda"
+    args = ["--params", str(write_params(tmp_path / "p.yaml", params))]
+    args += ["--data", str(tmp_path / "absent"), "--live", str(tmp_path / "live")]
+    assert train_stage.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("train: train.device is 'cuda' but torch sees no CUDA device")
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "live").exists()  # stopped before anything was written
