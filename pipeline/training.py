@@ -160,6 +160,9 @@ def train(
     }
     state = _resume(checkpoint_dir / "last.pt", meta["fingerprint"], model, optimizer, scheduler)
     resumed_from = state["epoch"]
+    # Seconds the earlier, interrupted runs of this training spent up to their last saved epoch:
+    # the reported time is the whole training's, not this process's.
+    carried = float(state.get("seconds", 0.0))
     if log_epoch is not None:  # replay so a fresh log directory still holds every epoch
         for row in state["history"]:
             log_epoch(int(row["epoch"]), row)
@@ -184,6 +187,7 @@ def train(
             state.update(best_val_accuracy=row["val_accuracy"], best_epoch=epoch)
             save_checkpoint(checkpoint_dir / "best.pt", model, meta=meta, epoch=epoch)
         state["epoch"] = epoch
+        state["seconds"] = carried + time.perf_counter() - started
         save_checkpoint(
             checkpoint_dir / "last.pt",
             model,
@@ -203,7 +207,7 @@ def train(
         best_epoch=state["best_epoch"],
         epochs=cfg.epochs,
         resumed_from_epoch=resumed_from,
-        seconds=time.perf_counter() - started,
+        seconds=carried + time.perf_counter() - started,
         history=state["history"],
     )
 
@@ -281,7 +285,7 @@ def _scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Any:
 def _resume(
     path: Path, expected: str, model: nn.Module, optimizer: Any, scheduler: Any
 ) -> dict[str, Any]:
-    fresh = {"epoch": 0, "best_val_accuracy": -1.0, "best_epoch": 0, "history": []}
+    fresh = {"epoch": 0, "best_val_accuracy": -1.0, "best_epoch": 0, "history": [], "seconds": 0.0}
     if not path.exists():
         return fresh
     ckpt = load_checkpoint(path)
@@ -296,7 +300,7 @@ def _resume(
 
 
 def _progress(state: dict[str, Any]) -> dict[str, Any]:
-    return {k: state[k] for k in ("best_val_accuracy", "best_epoch", "history")}
+    return {k: state[k] for k in ("best_val_accuracy", "best_epoch", "history", "seconds")}
 
 
 def _autocast(device: torch.device, enabled: bool) -> torch.autocast:

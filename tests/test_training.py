@@ -59,7 +59,8 @@ def test_interrupted_run_resumes_to_the_same_weights(
 
     with pytest.raises(KilledError):
         train(data, model, loss_cfg, cfg, tmp_path / "resumed", on_epoch_end=stop_after_first)
-    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 1
+    killed = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert killed["epoch"] == 1 and killed["extra"]["seconds"] > 0
     logged: list[int] = []
     result = train(
         data,
@@ -71,6 +72,12 @@ def test_interrupted_run_resumes_to_the_same_weights(
     )
     assert result.resumed_from_epoch == 1
     assert logged == [1, 2, 3, 4]  # the finished epoch is replayed into the log, then 2-4 run
+    # The time is the whole training's: the killed process's epoch 1 counts too, and the
+    # seconds saved with the last epoch carry into a later resume.
+    saved = load_checkpoint(tmp_path / "resumed" / "last.pt")["extra"]["seconds"]
+    assert killed["extra"]["seconds"] < saved <= result.seconds
+    again = train(data, model, loss_cfg, cfg, tmp_path / "resumed")  # nothing left to run
+    assert again.resumed_from_epoch == 4 and again.seconds >= saved
     straight = load_checkpoint(tmp_path / "straight" / "last.pt")
     resumed = load_checkpoint(tmp_path / "resumed" / "last.pt")
     for key, tensor in straight["model"].items():
