@@ -83,7 +83,7 @@ def _class_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p))
 
 
-def _image_files(folder: Path) -> tuple[list[Path], int]:
+def image_files(folder: Path) -> tuple[list[Path], int]:
     """Image files below ``folder`` at any depth, sorted, and the count of other files."""
     images, ignored = [], 0
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
@@ -137,7 +137,7 @@ def scan_folder(root: Path) -> FolderLayout:
     for split, dirs in per_split.items():
         files[split] = []
         for class_dir in dirs:
-            found, other = _image_files(class_dir)
+            found, other = image_files(class_dir)
             files[split] += [(path, label[class_dir.name]) for path in found]
             ignored += other
     if ignored:
@@ -273,7 +273,7 @@ def read_image_tree(root: Path, options: FolderOptions) -> np.ndarray:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"OOD folder {root} does not exist or is not a folder")
-    paths, _ = _image_files(root)
+    paths, _ = image_files(root)
     if not paths:
         kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise DataError(f"OOD folder {root} holds no image file ({kinds})")
