@@ -72,8 +72,12 @@ study: setup
 
 # Serve the exported model over HTTP on params.yaml's serve.port (docs/serving.md).
 RANKCAL_MODEL ?= models/model.onnx
+RANKCAL_PARAMS ?= params.yaml
 .PHONY: serve
 serve: setup
 	@test -f $(RANKCAL_MODEL) || { echo "$(RANKCAL_MODEL) is missing: run make repro first"; exit 1; }
-	RANKCAL_MODEL=$(RANKCAL_MODEL) RANKCAL_PARAMS=params.yaml \
-		bentoml serve serving.service:ImageClassifier
+	@# exec: bentoml replaces the recipe's shell, so the SIGTERM make passes to its child on
+	@# `kill <make>` reaches the server, which stops its workers (a shell would die alone and
+	@# leave them serving).
+	RANKCAL_MODEL=$(RANKCAL_MODEL) RANKCAL_PARAMS=$(RANKCAL_PARAMS) \
+		exec bentoml serve serving.service:ImageClassifier

@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 import numpy as np
 import onnxruntime as ort
+import psutil
 import pytest
 from PIL import Image
 
@@ -1015,3 +1016,24 @@ def test_serve_image_files_import_without_torch(
                 copied.add(source)
     assert imported <= copied, sorted(imported - copied)
     assert {"serving/service.py", "pipeline/preprocessing.py"} <= imported
+
+
+def test_killing_make_serve_stops_the_server_and_its_workers(
+    exported_model: ExportedModel, tmp_path: Path
+) -> None:
+    """``kill <make pid>`` (what a supervisor or a closed terminal script does): make passes
+    SIGTERM to its child, which must be the server itself, not a shell that dies alone."""
+    port = free_port()
+    params = write_params(tmp_path / "params.yaml", port=port, workers=2)
+    env = service_env(exported_model.path, params)
+    argv = ["make", "-s", "serve", f"RANKCAL_MODEL={exported_model.path}"]
+    argv.append(f"RANKCAL_PARAMS={params}")
+    with run_service(argv, env, port, tmp_path / "make.log") as service:
+        servers = psutil.Process(service.process.pid).children(recursive=True)
+        assert len(servers) >= 3  # bentoml serve and its two workers
+        service.process.send_signal(signal.SIGTERM)  # make only, not its process group
+        service.process.wait(timeout=30)
+        _, alive = psutil.wait_procs(servers, timeout=30)
+        assert not alive, [p.cmdline() for p in alive]
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"{service.url}/livez", timeout=2)
