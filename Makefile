@@ -62,8 +62,11 @@ bench-serve: setup
 	$(BIN)/python bench/serve.py --seconds 5 --rounds 2
 
 # The paper's CIFAR-10 recipe as a DVC experiment (GPU and internet needed).
+# The preset's arguments first, then the run: a broken preset or a machine without a GPU
+# (FORCE=1 overrides) stops here, instead of `dvc exp run` starting with no arguments at all.
 repro-cifar10: setup
-	dvc exp run $$(python -m stages.preset presets/cifar10_resnet50.yaml)
+	args=$$(python -m stages.preset --require-gpu presets/cifar10_resnet50.yaml) \
+		&& dvc exp run $$args
 
 # The loss comparison study (params.yaml's `study` section, stages in study/dvc.yaml; one
 # stage per row, so only changed rows rerun). See README for its duration on 2 CPU cores.

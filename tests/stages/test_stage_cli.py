@@ -202,3 +202,40 @@ def test_train_on_cuda_without_a_gpu_is_one_line_not_a_traceback(
     assert err.startswith("train: train.device is 'cuda' but torch sees no CUDA device")
     assert "Traceback" not in err and len(err.splitlines()) == 1
     assert not (tmp_path / "live").exists()  # stopped before anything was written
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without")
+def test_the_gpu_recipe_refuses_to_start_without_a_gpu_unless_forced(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(ROOT / "presets" / "cifar10_resnet50.yaml")
+    monkeypatch.delenv("FORCE", raising=False)
+    assert preset.main(["--require-gpu", path]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "set FORCE=1" in captured.err
+    monkeypatch.setenv("FORCE", "1")
+    assert preset.main(["--require-gpu", path]) == 0
+    assert "-S model.arch=" in capsys.readouterr().out
+
+
+def test_make_repro_cifar10_never_runs_dvc_without_the_presets_arguments(
+    tmp_path: Path,
+) -> None:
+    """With the preset refused, the make target must fail before `dvc exp run`, which
+    without arguments would run the default pipeline as an experiment."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "dvc").write_text(f'#!/bin/sh\necho dvc "$@" >> {tmp_path / "dvc.log"}\n')
+    (fake_bin / "dvc").chmod(0o755)
+    (fake_bin / "python").write_text("#!/bin/sh\necho 'preset: refused' >&2\nexit 2\n")
+    (fake_bin / "python").chmod(0o755)
+    result = subprocess.run(
+        ["make", "-s", "-o", "setup", "repro-cifar10", f"PATH={fake_bin}:/usr/bin:/bin"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "preset: refused" in result.stderr
+    assert not (tmp_path / "dvc.log").exists()
