@@ -101,7 +101,8 @@ def evaluate(model: nn.Module, data: PreparedData, cfg: EvaluateConfig) -> Evalu
     }
     # Inverted test images (a light background instead of a dark one): a shift any deployment
     # meets, scored here as OOD, never used to choose the serving score.
-    inverted = logits_of(255 - np.asarray(data.test.images))
+    inverted_images = 255 - np.asarray(data.test.images)
+    inverted = logits_of(inverted_images)
     metrics["ood"]["inverted_test"] = {
         "raw": ood_report(test_logits, inverted),
         "scaled": ood_report(test_logits / t, inverted / t),
@@ -127,16 +128,11 @@ def evaluate(model: nn.Module, data: PreparedData, cfg: EvaluateConfig) -> Evalu
     flagged_sets = {
         "val": (val_images, val_logits),
         "test": (data.test.images, test_logits),
-        "inverted_test": (None, inverted),
+        "inverted_test": (inverted_images, inverted),
         **{name: (images, ood_logits[name]) for name, images in data.ood.items()},
     }
     metrics["ood_flag"] = {
-        name: ood_flag_shares(
-            images if images is not None else 255 - np.asarray(data.test.images),
-            logits / t,
-            choice,
-            input_reference,
-        )
+        name: ood_flag_shares(images, logits / t, choice, input_reference)
         for name, (images, logits) in flagged_sets.items()
     }
     test_conf = max_softmax(test_logits / t)

@@ -79,14 +79,14 @@ def synthetic_ood(images: np.ndarray, seed: int = 0) -> np.ndarray:
     rows = np.linspace(0, height, _GRID + 1).astype(int)
     cols = np.linspace(0, width, _GRID + 1).astype(int)
     tiles = [(r, c) for r in range(_GRID) for c in range(_GRID)]
+    # Tiles differ in size by a pixel when the grid does not divide the image; only tiles of
+    # equal size swap, so every pixel is written once.
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for k, (r, c) in enumerate(tiles):
+        by_size.setdefault((rows[r + 1] - rows[r], cols[c + 1] - cols[c]), []).append(k)
     for i in range(half):
         out[i] = x[i]
         order = rng.permutation(len(tiles))
-        # Tiles differ in size by a pixel when the grid does not divide the image; only tiles of
-        # equal size swap, so every pixel is written once.
-        by_size: dict[tuple[int, int], list[int]] = {}
-        for k, (r, c) in enumerate(tiles):
-            by_size.setdefault((rows[r + 1] - rows[r], cols[c + 1] - cols[c]), []).append(k)
         for group in by_size.values():
             shuffled = [g for g in order if g in group]
             for dst, src in zip(group, shuffled, strict=True):

@@ -174,6 +174,11 @@ class Predictor:
         self.session, self.card = open_model(model_path, providers)
         self.top_k = min(top_k, self.card.num_classes)
         self.provider: str = self.session.get_providers()[0]
+        ref = self.card.input_reference
+        # The card's training histograms per input statistic, built once, not per request.
+        self._input_counts = (
+            None if ref is None else {name: ref.counts(name) for name in INPUT_STATISTICS}
+        )
         if providers and providers[0] != self.provider:
             logger.warning("asked for %s but ONNX Runtime runs on %s", providers[0], self.provider)
 
@@ -238,11 +243,10 @@ class Predictor:
         else:  # entropy or energy
             ood = ood_score(card.ood_score, logits)
         stats, unlike_training = None, np.zeros(len(images), dtype=bool)
-        if card.input_reference is not None and len(images):
-            ref = card.input_reference
+        if self._input_counts is not None and len(images):
             stats = input_statistics(images)
-            counts = {name: ref.counts(name) for name in INPUT_STATISTICS}
-            unlike_training = atypical(stats, ref.edges, counts)
+            edges = card.input_reference.edges  # type: ignore[union-attr]
+            unlike_training = atypical(stats, edges, self._input_counts)
         return Predictions(
             probabilities=probs,
             predicted=predicted,

@@ -199,6 +199,19 @@ def run_service(
         stop_process_group(process, timeout=20)
 
 
+@contextlib.contextmanager
+def serving(
+    model: Path, folder: Path, *, extra_path: Sequence[Path] = (), **serve: Any
+) -> Iterator[RunningService]:
+    """``bentoml serve`` of ``model`` on a free port, with the shipped params.yaml's ``serve``
+    keys overridden by ``serve``; params and log in ``folder``."""
+    port = free_port()
+    params = write_params(folder / "params.yaml", port=port, **serve)
+    env = service_env(model, params, extra_path)
+    with run_service(serve_argv(), env, port, folder / "service.log") as running:
+        yield running
+
+
 def stop_process_group(process: subprocess.Popen[Any], timeout: float) -> None:
     """SIGTERM the process's group, then SIGKILL it if it has not exited within ``timeout``."""
     with contextlib.suppress(ProcessLookupError):

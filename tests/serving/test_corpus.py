@@ -23,12 +23,8 @@ from tests.serving.conftest import (
     ExportedModel,
     Metrics,
     RunningService,
-    free_port,
     quadrant_images,
-    run_service,
-    serve_argv,
-    service_env,
-    write_params,
+    serving,
 )
 
 FORMATS = ("PNG", "JPEG", "GIF", "TIFF", "BMP", "WEBP")
@@ -85,12 +81,8 @@ def fuzz_service(
     exported_model: ExportedModel, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningService]:
     tmp = tmp_path_factory.mktemp("fuzz")
-    port = free_port()
-    params = write_params(
-        tmp / "params.yaml", port=port, workers=1, max_latency_ms=10_000, max_image_pixels=1 << 20
-    )
-    argv = serve_argv()
-    with run_service(argv, service_env(exported_model.path, params), port, tmp / "log") as running:
+    limits = {"workers": 1, "max_latency_ms": 10_000, "max_image_pixels": 1 << 20}
+    with serving(exported_model.path, tmp, **limits) as running:
         yield running
 
 

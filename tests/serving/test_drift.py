@@ -49,13 +49,9 @@ from tests.serving.conftest import (
     SIZE,
     ExportedModel,
     RunningService,
-    free_port,
     png_bytes,
-    run_service,
-    serve_argv,
-    service_env,
+    serving,
     train_toy_model,
-    write_params,
 )
 
 ALERT_RULES = ROOT / "serving" / "prometheus" / "alert_rules.yml"
@@ -415,13 +411,9 @@ def send_phase(url: str, phase: Phase, card: ModelCard) -> None:
 @pytest.fixture
 def drift_service(calibrated_model: ExportedModel, tmp_path: Path) -> Iterator[RunningService]:
     """One worker, window WINDOW; a generous latency budget so a busy machine gets no 503s."""
-    port = free_port()
-    params = write_params(
-        tmp_path / "params.yaml", port=port, workers=1, window=WINDOW, max_latency_ms=10_000
-    )
-    env = service_env(calibrated_model.path, params)
-    argv = serve_argv()
-    with run_service(argv, env, port, tmp_path / "service.log") as running:
+    with serving(
+        calibrated_model.path, tmp_path, workers=1, window=WINDOW, max_latency_ms=10_000
+    ) as running:
         yield running
 
 

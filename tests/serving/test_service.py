@@ -59,6 +59,7 @@ from tests.serving.conftest import (
     run_service,
     serve_argv,
     service_env,
+    serving,
     write_params,
 )
 from tests.serving.test_images import png_with_header_size
@@ -791,12 +792,8 @@ def test_a_worker_killed_under_load_loses_only_its_requests_and_its_gauges(
     other keeps answering, the lost requests are at most those the dead worker held (one in
     flight and one kept-alive connection per client), and its window gauges leave /metrics."""
     clients, seconds, kill_at = 8, 6.0, 2.0
-    port = free_port()
-    params = write_params(tmp_path / "params.yaml", port=port, workers=2, batching=False, **LIMITS)
-    argv = serve_argv()
-    env = service_env(exported_model.path, params)
     body = png_bytes(sample_images(1, seed=0)[0])
-    with run_service(argv, env, port, tmp_path / "service.log") as running:
+    with serving(exported_model.path, tmp_path, workers=2, batching=False, **LIMITS) as running:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while running.log_text().count("warm-up batch done") < 2:
             assert time.monotonic() < deadline, running.log_text()
