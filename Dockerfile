@@ -52,7 +52,7 @@ WORKDIR /app
 # No torch: only what serving imports. Every version, dependencies included, is the lock's (-c).
 COPY requirements.lock ./
 RUN pip install -c requirements.lock \
-        "onnxruntime-gpu${ORT_EXTRAS}" bentoml pillow numpy prometheus-client pyyaml \
+        "onnxruntime-gpu${ORT_EXTRAS}" bentoml pillow numpy prometheus-client pyyaml uvloop httptools \
     && useradd --create-home --uid 10001 rankcal
 
 COPY pipeline/__init__.py pipeline/config.py pipeline/drift.py pipeline/images.py \
