@@ -55,9 +55,9 @@ RUN pip install -c requirements.lock \
         "onnxruntime-gpu${ORT_EXTRAS}" bentoml pillow numpy prometheus-client pyyaml uvloop httptools \
     && useradd --create-home --uid 10001 rankcal
 
-COPY pipeline/__init__.py pipeline/config.py pipeline/drift.py pipeline/images.py \
-     pipeline/input_stats.py pipeline/model_card.py pipeline/ood_selection.py \
-     pipeline/preprocessing.py pipeline/
+COPY pipeline/__init__.py pipeline/config.py pipeline/drift.py pipeline/feature_norm.py \
+     pipeline/images.py pipeline/input_stats.py pipeline/model_card.py \
+     pipeline/ood_selection.py pipeline/preprocessing.py pipeline/
 COPY pipeline/metrics/ pipeline/metrics/
 COPY serving/ serving/
 COPY params.yaml ./

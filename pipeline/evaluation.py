@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -21,7 +22,10 @@ from pipeline.data.corruptions import corrupt
 from pipeline.data.prepared import PreparedData
 from pipeline.data.split import stratified_subset
 from pipeline.drift import bin_counts, psi
-from pipeline.inference import predict_logits
+from pipeline.feature_norm import STATISTIC as FEATURE_STAT
+from pipeline.feature_norm import norm_rank
+from pipeline.feature_norm import reference as feature_reference
+from pipeline.inference import final_linear, predict_outputs
 from pipeline.input_stats import EDGES, atypical, input_statistics, reference_histograms
 from pipeline.input_stats import STATISTICS as INPUT_STATS
 from pipeline.metrics.calibration import calibration_report, expected_calibration_error
@@ -72,16 +76,30 @@ def evaluate(model: nn.Module, data: PreparedData, cfg: EvaluateConfig) -> Evalu
     Returns:
         Metrics, logits and the serving reference.
     """
+    layer = _feature_layer(model, data)
+
+    def outputs_of(images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        return predict_outputs(model, images, data.mean, data.std, cfg.batch_size, layer)
 
     def logits_of(images: np.ndarray) -> np.ndarray:
-        return predict_logits(model, images, data.mean, data.std, cfg.batch_size)
+        return outputs_of(images)[0]
 
+    # The training images both references are built on: pixel statistics, and the feature norms.
+    reference_images = data.train.images[_reference_rows(data)]
+    input_reference = reference_histograms(reference_images)
+    features = None
+    if layer is not None:
+        try:
+            features = feature_reference(outputs_of(reference_images)[1], EDGES)
+        except ValueError as err:
+            logger.warning("no feature-norm reference (%s): it is not served", err)
+            layer = None
     val_images = data.train.images[data.val_idx]
     val_labels = data.train.labels[data.val_idx]
     val_logits = logits_of(val_images)
     fit = fit_temperature(val_logits, val_labels)
     t = fit.temperature
-    test_logits = logits_of(data.test.images)
+    test_logits, test_norms = outputs_of(data.test.images)
     labels = data.test.labels
     metrics: dict[str, Any] = {
         "temperature": asdict(fit),
@@ -94,7 +112,8 @@ def evaluate(model: nn.Module, data: PreparedData, cfg: EvaluateConfig) -> Evalu
             "scaled": calibration_report(softmax(val_logits, t), val_labels, cfg.n_bins),
         },
     }
-    ood_logits = {name: logits_of(images) for name, images in data.ood.items()}
+    ood_outputs = {name: outputs_of(images) for name, images in data.ood.items()}
+    ood_logits = {name: logits for name, (logits, _) in ood_outputs.items()}
     metrics["ood"] = {
         name: {"raw": ood_report(test_logits, z), "scaled": ood_report(test_logits / t, z / t)}
         for name, z in ood_logits.items()
@@ -102,13 +121,13 @@ def evaluate(model: nn.Module, data: PreparedData, cfg: EvaluateConfig) -> Evalu
     # Inverted test images (a light background instead of a dark one): a shift any deployment
     # meets, scored here as OOD, never used to choose the serving score.
     inverted_images = 255 - np.asarray(data.test.images)
-    inverted = logits_of(inverted_images)
+    inverted, inverted_norms = outputs_of(inverted_images)
     metrics["ood"]["inverted_test"] = {
         "raw": ood_report(test_logits, inverted),
         "scaled": ood_report(test_logits / t, inverted / t),
     }
-    input_reference = reference_histograms(data.train.images[_reference_rows(data)])
-    metrics["shift"] = shift_study(logits_of, data, cfg, t, input_reference)
+    metrics["shift"] = shift_study(outputs_of, data, cfg, t, input_reference, features)
+    metrics["validity"] = validity_evidence(metrics["shift"])
     synthetic = logits_of(synthetic_ood(val_images, seed=0))
     choice = choose_ood_score(val_logits / t, synthetic / t, cfg.ood_tpr)
     metrics["ood_selection"] = {
@@ -125,6 +144,15 @@ def evaluate(model: nn.Module, data: PreparedData, cfg: EvaluateConfig) -> Evalu
         choice.threshold,
     )
     metrics["input_drift"] = input_drift_evidence(data, input_reference)
+    if features is not None:
+        # The feature norm's PSI beside the input statistics', on the same sets.
+        norms = {
+            "test": test_norms,
+            "inverted_test": inverted_norms,
+            **{name: n for name, (_, n) in ood_outputs.items()},
+        }
+        for name, values in norms.items():
+            metrics["input_drift"][name][FEATURE_STAT] = feature_psi(values, features)
     flagged_sets = {
         "val": (val_images, val_logits),
         "test": (data.test.images, test_logits),
@@ -138,6 +166,7 @@ def evaluate(model: nn.Module, data: PreparedData, cfg: EvaluateConfig) -> Evalu
     test_conf = max_softmax(test_logits / t)
     serving = serving_reference(data, t, choice, test_conf, cfg)
     serving["input_reference"] = {"edges": list(EDGES), **input_reference}
+    serving["feature_reference"] = features
     # Alert rules compare live estimated accuracy with what evaluation measured.
     serving["test_accuracy"] = metrics["test"]["scaled"]["accuracy"]
     serving["test_ece"] = metrics["test"]["scaled"]["ece"]
@@ -147,6 +176,28 @@ def evaluate(model: nn.Module, data: PreparedData, cfg: EvaluateConfig) -> Evalu
 # Training images the input reference is binned on: a stratified sample is as good as all of
 # them for 20-bin histograms and keeps a large memory-mapped split from being read whole.
 _REFERENCE_IMAGES = 10_000
+
+
+def _feature_layer(model: nn.Module, data: PreparedData) -> nn.Module | None:
+    """The layer whose input's norm is the feature statistic, or ``None`` (with a warning)."""
+    h, w, c = data.image_shape
+    device = next(model.parameters()).device
+    sample = torch.zeros(2, c, h, w, device=device).contiguous(memory_format=torch.channels_last)
+    layer = final_linear(model, sample)
+    if layer is None:
+        logger.warning(
+            "no linear layer returns this network's logits: the feature-norm drift statistic "
+            "is not measured nor served"
+        )
+    return layer
+
+
+def feature_psi(norms: np.ndarray | None, features: dict[str, Any]) -> float:
+    """PSI of ``norms``' training ranks against the training split's, on :data:`EDGES`."""
+    if norms is None or not len(norms):
+        raise ValueError("no feature norms to compare")
+    counts = bin_counts(norm_rank(norms, features["quantiles"]), EDGES)
+    return psi(counts, features["counts"])
 
 
 def _reference_rows(data: PreparedData) -> np.ndarray:
@@ -200,11 +251,12 @@ def ood_flag_shares(
 
 
 def shift_study(
-    logits_of: Any,
+    outputs_of: Any,
     data: PreparedData,
     cfg: EvaluateConfig,
     temperature: float,
     input_reference: dict[str, list[int]] | None = None,
+    features: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Accuracy, ECE and confidence-estimated accuracy on corrupted test images.
 
@@ -213,7 +265,11 @@ def shift_study(
     With ``input_reference`` (:func:`pipeline.input_stats.reference_histograms` of the training
     split), each row also has ``input_psi``, the largest PSI of an input statistic against it:
     the figure the service's input-drift alert watches, so the rows show how large the
-    estimation error gets at each level of it.
+    estimation error gets at each level of it. With ``features`` (the feature-norm reference,
+    :func:`pipeline.feature_norm.reference`), each row also has ``feature_psi``, and
+    ``drift_psi``, the larger of the two: what the service's validity signal compares.
+
+    ``outputs_of`` maps uint8 images to their logits and feature norms (or ``None``).
 
     References:
         Hendrycks & Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions
@@ -229,7 +285,8 @@ def shift_study(
     results: dict[str, Any] = {}
     for name, level, clean in tqdm(rows, desc="shift", leave=False, disable=None):
         batch = clean if clean is not None else corrupt(images, name, level, seed=level)
-        probs = softmax(logits_of(batch), temperature)
+        logits, norms = outputs_of(batch)
+        probs = softmax(logits, temperature)
         acc = float((probs.argmax(1) == labels).mean())
         estimate = estimated_accuracy(probs)
         row = {
@@ -241,8 +298,43 @@ def shift_study(
         if input_reference is not None:
             counts = reference_histograms(batch)
             row["input_psi"] = max(psi(counts[k], input_reference[k]) for k in INPUT_STATS)
+        if features is not None:
+            row["feature_psi"] = feature_psi(norms, features)
+        if "input_psi" in row and "feature_psi" in row:
+            row["drift_psi"] = max(row["input_psi"], row["feature_psi"])
         results.setdefault(name, {})[str(level)] = row
     return results
+
+
+# Bands of a shift-study row's drift PSI; the first is what the service's validity signal accepts
+# (serving/prometheus/recording_rules.yml, rankcal:estimate_valid:5m).
+VALIDITY_BANDS = ((0.0, 0.25), (0.25, 1.0), (1.0, 3.0), (3.0, float("inf")))
+
+
+def validity_evidence(shift: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """How far estimated accuracy was from the truth, by band of drift PSI, over the shift rows.
+
+    Per band ``"lo-hi"`` of ``drift_psi`` (``input_psi`` where the model has no feature
+    statistic): the number of rows and the smallest, median and largest ``estimation_error``
+    (points). The evidence behind the threshold of the service's validity signal; the clean row
+    counts like any other. Empty bands are left out.
+    """
+    rows = [
+        (row.get("drift_psi", row.get("input_psi")), row["estimation_error"])
+        for levels in shift.values()
+        for row in levels.values()
+    ]
+    bands: dict[str, dict[str, float]] = {}
+    for lo, hi in VALIDITY_BANDS:
+        errors = [e for p, e in rows if p is not None and lo <= p < hi]
+        if errors:
+            bands[f"{lo:g}-{hi:g}"] = {
+                "rows": len(errors),
+                "min_error": float(min(errors)),
+                "median_error": float(np.median(errors)),
+                "max_error": float(max(errors)),
+            }
+    return bands
 
 
 def serving_reference(

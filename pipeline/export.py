@@ -2,8 +2,11 @@
 
 The exported graph takes normalised ``float32`` images ``(N, C, H, W)`` (input
 :data:`~pipeline.model_card.INPUT_NAME`, dynamic batch) and returns ``logits`` already divided by
-the fitted temperature and their softmax, ``probabilities``. The :class:`ModelCard` travels in the
-model's metadata, so a served model carries its own calibration and monitoring reference.
+the fitted temperature and their softmax, ``probabilities``; with a feature reference in the card,
+also ``feature_norm``, the L2 norm of the features the last linear layer reads
+(:mod:`pipeline.feature_norm`), which the service watches for drift. The :class:`ModelCard`
+travels in the model's metadata, so a served model carries its own calibration and monitoring
+reference.
 :func:`verify_export` checks a written file against PyTorch and against the evaluate stage's ECE.
 """
 
@@ -25,9 +28,10 @@ from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, R
 from torch import nn
 
 from pipeline.config import ConfigError
+from pipeline.inference import feature_norm, final_linear
 from pipeline.io import atomic_path
 from pipeline.metrics.calibration import expected_calibration_error
-from pipeline.model_card import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, ModelCard
+from pipeline.model_card import INPUT_NAME, METADATA_KEY, ModelCard
 from pipeline.preprocessing import to_model_input
 
 logger = logging.getLogger(__name__)
@@ -37,6 +41,7 @@ OPSET = 18
 # Batch sizes compared with PyTorch: 1 and one above the traced 2 prove the batch axis is dynamic.
 PROBE_BATCHES = (1, 64)
 PROB_ATOL = 1e-5  # largest |p_onnx - p_torch| accepted (float32 softmax)
+NORM_RTOL = 1e-4  # largest |n_onnx - n_torch| / n_torch accepted for the feature norms
 ECE_ATOL = 1e-4  # largest |ECE_onnx - ECE_evaluate| accepted, in percentage points
 _ORT_ERRORS = (Fail, InvalidArgument, RuntimeException)
 
@@ -50,19 +55,54 @@ class CalibratedNet(nn.Module):
     Args:
         net: Classifier returning logits.
         temperature: Fitted temperature T > 0; outputs are ``z / T`` and ``softmax(z / T)``.
+        feature_layer: A module of ``net`` (:func:`pipeline.inference.final_linear`): the L2 norm
+            of its input is a third output; ``None`` for two outputs.
     """
 
-    def __init__(self, net: nn.Module, temperature: float) -> None:
+    def __init__(
+        self, net: nn.Module, temperature: float, feature_layer: nn.Module | None = None
+    ) -> None:
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.net = net
+        self.feature_layer = feature_layer
         self.register_buffer("inv_temperature", torch.tensor(1.0 / temperature))
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return calibrated logits and probabilities for ``images``."""
-        logits = self.net(images) * self.inv_temperature
-        return logits, torch.softmax(logits, dim=1)
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Return calibrated logits, probabilities and (with a feature layer) feature norms."""
+        if self.feature_layer is None:
+            logits = self.net(images) * self.inv_temperature
+            return logits, torch.softmax(logits, dim=1)
+        # A hook, not a changed network: any backbone's last linear layer works unchanged, and
+        # the exporter traces the hook's Python like the rest of the forward pass.
+        captured: list[torch.Tensor] = []
+        handle = self.feature_layer.register_forward_hook(
+            lambda _m, inputs, _out: captured.append(inputs[0])
+        )
+        try:
+            logits = self.net(images) * self.inv_temperature
+        finally:
+            handle.remove()
+        return logits, torch.softmax(logits, dim=1), feature_norm(captured[-1])
+
+
+def calibrated_net(model: nn.Module, card: ModelCard) -> CalibratedNet:
+    """A float32 CPU :class:`CalibratedNet` of a copy of ``model`` with the outputs ``card`` names.
+
+    Raises:
+        ExportError: If the card has a feature reference but no linear layer returns the logits.
+    """
+    net = copy.deepcopy(model).to("cpu", torch.float32).eval()
+    layer = None
+    if card.feature_reference is not None:
+        h, w, c = card.image_shape
+        layer = final_linear(net, torch.zeros(2, c, h, w))
+        if layer is None:
+            raise ExportError(
+                "the card has a feature reference, but no linear layer returns the logits"
+            )
+    return CalibratedNet(net, card.temperature, layer).eval()
 
 
 def export_onnx(model: nn.Module, card: ModelCard, path: Path) -> None:
@@ -80,7 +120,7 @@ def export_onnx(model: nn.Module, card: ModelCard, path: Path) -> None:
     Raises:
         onnx.checker.ValidationError: If the exported graph is invalid.
     """
-    net = CalibratedNet(copy.deepcopy(model), card.temperature).to("cpu", torch.float32).eval()
+    net = calibrated_net(model, card)
     h, w, c = card.image_shape
     dummy = torch.zeros(2, c, h, w)
     batch = torch.export.Dim("batch", min=1)
@@ -91,7 +131,7 @@ def export_onnx(model: nn.Module, card: ModelCard, path: Path) -> None:
             net,
             (dummy,),
             input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
+            output_names=list(card.output_names),
             dynamic_shapes={"images": {0: batch}},
             opset_version=OPSET,
             dynamo=True,
@@ -184,10 +224,10 @@ def _check_graph(path: Path, card: ModelCard) -> int:
     proto = onnx.load_model(str(path), load_external_data=False)
     inputs = [i.name for i in proto.graph.input]
     outputs = [o.name for o in proto.graph.output]
-    if inputs != [INPUT_NAME] or outputs != list(OUTPUT_NAMES):
+    if inputs != [INPUT_NAME] or outputs != list(card.output_names):
         raise ExportError(
-            f"graph names: expected inputs [{INPUT_NAME!r}] and outputs {list(OUTPUT_NAMES)}, "
-            f"got {inputs} and {outputs}"
+            f"graph names: expected inputs [{INPUT_NAME!r}] and outputs "
+            f"{list(card.output_names)}, got {inputs} and {outputs}"
         )
     batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
     if not batch_dim.dim_param:
@@ -216,19 +256,19 @@ def _onnx_outputs(
     logits, probs = [], []
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size]
-        z, p = _run(session, to_model_input(batch, card.mean, card.std))
+        z, p = _run(session, to_model_input(batch, card.mean, card.std))[:2]
         logits.append(z)
         probs.append(p)
     return np.concatenate(logits), np.concatenate(probs)
 
 
-def _run(session: ort.InferenceSession, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One ONNX Runtime call on model input ``x``; its failure becomes an :class:`ExportError`."""
+def _run(session: ort.InferenceSession, x: np.ndarray) -> list[np.ndarray]:
+    """Every output of one ONNX Runtime call on model input ``x``, in the graph's order; a
+    failure becomes an :class:`ExportError`."""
     try:
-        z, p = session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
+        return list(session.run(None, {INPUT_NAME: x}))
     except _ORT_ERRORS as err:
         raise ExportError(f"ONNX Runtime failed on a batch of {len(x)}: {err}") from err
-    return z, p
 
 
 def _compare_with_torch(
@@ -239,13 +279,14 @@ def _compare_with_torch(
     probe_batches: Sequence[int],
 ) -> dict[str, Any]:
     """ONNX Runtime against PyTorch at each probe batch size; raise on a mismatch."""
-    net = CalibratedNet(copy.deepcopy(model), card.temperature).to("cpu", torch.float32).eval()
-    prob_diff = logit_diff = 0.0
+    net = calibrated_net(model, card)
+    prob_diff = logit_diff = norm_diff = 0.0
     for size in probe_batches:
         x = to_model_input(images[np.arange(size) % len(images)], card.mean, card.std)
-        z_onnx, p_onnx = _run(session, x)
+        onnx_out = _run(session, x)
         with torch.no_grad():
-            z_torch, p_torch = (t.numpy() for t in net(torch.from_numpy(x)))
+            torch_out = [t.numpy() for t in net(torch.from_numpy(x))]
+        (z_onnx, p_onnx), (z_torch, p_torch) = onnx_out[:2], torch_out[:2]
         if p_onnx.shape != (size, card.num_classes):
             raise ExportError(f"probabilities of batch {size}: shape {p_onnx.shape}")
         diff = float(np.max(np.abs(p_onnx - p_torch)))
@@ -257,9 +298,22 @@ def _compare_with_torch(
             )
         prob_diff = max(prob_diff, diff)
         logit_diff = max(logit_diff, float(np.max(np.abs(z_onnx - z_torch))))
-    return {
+        if len(onnx_out) > 2:
+            n_onnx, n_torch = onnx_out[2], torch_out[2]
+            rel = np.abs(n_onnx - n_torch) / np.maximum(np.abs(n_torch), 1e-12)
+            worst = float(np.max(rel)) if n_onnx.shape == (size,) else float("inf")
+            if not worst <= NORM_RTOL:
+                raise ExportError(
+                    f"ONNX vs PyTorch at batch {size}: feature norms of shape {n_onnx.shape}, "
+                    f"max relative diff {worst:.3e} (limit {NORM_RTOL:g})"
+                )
+            norm_diff = max(norm_diff, worst)
+    figures = {
         "batch_sizes": list(probe_batches),
         "max_abs_prob_diff": prob_diff,
         "max_abs_logit_diff": logit_diff,
         "argmax_agreement": 1.0,
     }
+    if card.feature_reference is not None:
+        figures["max_rel_feature_norm_diff"] = norm_diff
+    return figures

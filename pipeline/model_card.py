@@ -15,12 +15,15 @@ from typing import Any, Literal
 
 from pipeline.config import ConfigError, parse_dataclass
 from pipeline.drift import check_edges
+from pipeline.feature_norm import LEVELS, check_quantiles
 from pipeline.images import check_resize_policy
 from pipeline.input_stats import STATISTICS as INPUT_STATISTICS
 
 METADATA_KEY = "rankcal"
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("logits", "probabilities")
+# The third output of graphs exported with a feature reference (pipeline.feature_norm).
+FEATURE_OUTPUT = "feature_norm"
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,27 @@ class InputReference:
 
 
 @dataclass(frozen=True)
+class FeatureReference:
+    """The training split's feature norms (:mod:`pipeline.feature_norm`): their deciles, and how
+    many training images' ranks fall in each tenth of [0, 1] (the bins ``(i/10, (i+1)/10]``)."""
+
+    quantiles: list[float]
+    counts: list[int]
+
+    def __post_init__(self) -> None:
+        try:
+            check_quantiles(self.quantiles)
+        except ValueError as err:
+            raise ConfigError(f"feature_reference.quantiles: {err}") from None
+        bins = len(LEVELS) - 1
+        if len(self.counts) != bins or sum(self.counts) <= 0 or min(self.counts) < 0:
+            raise ConfigError(
+                f"feature_reference.counts needs {bins} non-negative counts with a positive "
+                f"total, got {self.counts}"
+            )
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """What the evaluate stage measured and serving must apply, with the model's version.
 
@@ -104,6 +128,9 @@ class ModelCard:
     # Reference histograms of the input statistics; cards written before they existed have none
     # (the service then exports no input drift).
     input_reference: InputReference | None = None
+    # The feature-norm reference; with it the ONNX graph has the FEATURE_OUTPUT output. None for
+    # cards written before it existed and for networks whose logits no linear layer returns.
+    feature_reference: FeatureReference | None = None
 
     def __post_init__(self) -> None:
         if len(self.image_shape) != 3 or min(self.image_shape) < 1:
@@ -125,6 +152,11 @@ class ModelCard:
             )
 
     @property
+    def output_names(self) -> tuple[str, ...]:
+        """The exported graph's outputs, in order."""
+        return (*OUTPUT_NAMES, FEATURE_OUTPUT) if self.feature_reference else OUTPUT_NAMES
+
+    @property
     def num_classes(self) -> int:
         """Number of classes the model predicts."""
         return len(self.class_names)
@@ -143,6 +175,7 @@ class ModelCard:
         if isinstance(raw, dict):
             raw.setdefault("ood_score", "msp")  # cards exported before it was chosen
             raw.setdefault("input_reference", None)  # ... before input drift was measured
+            raw.setdefault("feature_reference", None)  # ... before the feature norm was served
         return parse_dataclass(cls, raw, "model_card")
 
     @classmethod

@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.drift import bin_counts, check_edges, ks_statistic, psi
+from pipeline.feature_norm import LEVELS as FEATURE_LEVELS
+from pipeline.feature_norm import STATISTIC as FEATURE_STATISTIC
 from pipeline.input_stats import STATISTICS as INPUT_STATISTICS
 from pipeline.model_card import ModelCard
 
@@ -291,23 +293,30 @@ class ServiceMetrics:
             gauge(name, _STATIC_HELP[name]).set(value)
 
     def _define_inputs(self, prom: Any, reg: CollectorRegistry, card: ModelCard) -> None:
-        """Input statistics per bin, and their training-split reference, when the card has one.
+        """Input statistics per bin, and their training-split reference, where the card has one.
 
-        The bins are labelled ``bin`` with their upper edge, not ``le``: these are not
-        cumulative histogram buckets (``promtool check metrics`` reserves ``le`` for those).
+        Four statistics of the pixels (``card.input_reference``) and the feature norm's training
+        rank (``card.feature_reference``, :mod:`pipeline.feature_norm`), all in [0, 1], counted in
+        one family so the same recording rules compare each with its reference. The bins are
+        labelled ``bin`` with their upper edge, not ``le``: these are not cumulative histogram
+        buckets (``promtool check metrics`` reserves ``le`` for those).
         """
         self._input_bins: dict[str, list[Any]] = {}
-        ref = card.input_reference
-        if ref is None:
+        self._input_edges: dict[str, np.ndarray] = {}
+        references: dict[str, tuple[Sequence[float], Sequence[int]]] = {}
+        if (ref := card.input_reference) is not None:
+            references |= {name: (ref.edges, ref.counts(name)) for name in INPUT_STATISTICS}
+        else:
             logger.warning(
                 "the model card has no input reference (exported before input drift was "
-                "measured): rankcal_input_* series are not exported"
+                "measured): the pixel statistics are not exported"
             )
+        if (features := card.feature_reference) is not None:
+            references[FEATURE_STATISTIC] = (FEATURE_LEVELS, features.counts)
+        if not references:
             return
         from prometheus_client.utils import floatToGoString
 
-        self._input_edges = check_edges(ref.edges)
-        labels = [floatToGoString(e) for e in self._input_edges[1:]]
         bins = prom.Counter(
             "rankcal_input_bin",
             "Served inputs per bin (lo, bin] of each input statistic (not cumulative)",
@@ -321,19 +330,24 @@ class ServiceMetrics:
             registry=reg,
             multiprocess_mode=_STATIC_MODE,
         )
-        for name in INPUT_STATISTICS:
-            counts = np.asarray(ref.counts(name), dtype=np.float64)
+        for name, (edges, reference) in references.items():
+            self._input_edges[name] = check_edges(edges)
+            labels = [floatToGoString(e) for e in self._input_edges[name][1:]]
+            counts = np.asarray(reference, dtype=np.float64)
             self._input_bins[name] = [bins.labels(name, value) for value in labels]
             for value, share in zip(labels, counts / counts.sum(), strict=True):
                 fraction.labels(name, value).set(share)
 
     def record_inputs(self, stats: dict[str, np.ndarray] | None) -> None:
-        """Count the statistics (:func:`pipeline.input_stats.input_statistics`) of the images
-        the model answered, at the shape the model saw them (``None``: nothing to count)."""
+        """Count the statistics (:func:`pipeline.input_stats.input_statistics`, and the feature
+        norm's rank under ``"feature_norm"``) of the images the model answered, at the shape the
+        model saw them (``None``: nothing to count; a statistic missing from ``stats``: not
+        counted)."""
         if not self._input_bins or stats is None:
             return
         for name, children in self._input_bins.items():
-            _inc_nonzero(children, bin_counts(stats[name], self._input_edges))
+            if name in stats:
+                _inc_nonzero(children, bin_counts(stats[name], self._input_edges[name]))
 
     def record_predictions(
         self, confidence: np.ndarray, predicted: np.ndarray, is_ood: np.ndarray

@@ -19,10 +19,12 @@ import numpy as np
 import onnxruntime as ort
 
 from pipeline.config import ConfigError
+from pipeline.feature_norm import STATISTIC as FEATURE_STATISTIC
+from pipeline.feature_norm import norm_rank
 from pipeline.images import fit_image
 from pipeline.input_stats import STATISTICS as INPUT_STATISTICS
 from pipeline.input_stats import atypical, input_statistics
-from pipeline.model_card import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, ModelCard
+from pipeline.model_card import INPUT_NAME, METADATA_KEY, ModelCard
 from pipeline.ood_selection import score as ood_score
 from pipeline.preprocessing import to_model_input
 
@@ -133,6 +135,12 @@ def open_model(
     inputs = [i.name for i in session.get_inputs()]
     if inputs != [INPUT_NAME]:
         raise ModelFileError(f"{path} must take one input {INPUT_NAME!r}, got {inputs}")
+    outputs = [o.name for o in session.get_outputs()]
+    if outputs != list(card.output_names):
+        raise ModelFileError(
+            f"{path} must have the outputs {list(card.output_names)} its card implies, got "
+            f"{outputs}"
+        )
     return session, card
 
 
@@ -149,7 +157,8 @@ class Predictions:
     atypical: np.ndarray
     is_ood: np.ndarray  # ood_score < the card's ood_threshold, or atypical
     top_k: np.ndarray
-    # pipeline.input_stats.input_statistics of the batch; None when the card has no reference
+    # pipeline.input_stats.input_statistics of the batch, with the feature norms' training ranks
+    # (pipeline.feature_norm) under "feature_norm"; each only where the card has its reference
     input_stats: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -221,7 +230,7 @@ class Predictor:
         card = self.card
         chunks = [
             self.session.run(
-                list(OUTPUT_NAMES),
+                list(card.output_names),
                 {
                     INPUT_NAME: to_model_input(
                         images[start : start + batch_size], card.mean, card.std
@@ -242,11 +251,15 @@ class Predictor:
             ood = confidence
         else:  # entropy or energy
             ood = ood_score(card.ood_score, logits)
-        stats, unlike_training = None, np.zeros(len(images), dtype=bool)
+        stats: dict[str, np.ndarray] = {}
+        unlike_training = np.zeros(len(images), dtype=bool)
         if self._input_counts is not None and len(images):
             stats = input_statistics(images)
             edges = card.input_reference.edges  # type: ignore[union-attr]
             unlike_training = atypical(stats, edges, self._input_counts)
+        if card.feature_reference is not None and len(images):
+            norms = np.concatenate([c[2] for c in chunks])
+            stats[FEATURE_STATISTIC] = norm_rank(norms, card.feature_reference.quantiles)
         return Predictions(
             probabilities=probs,
             predicted=predicted,
@@ -255,7 +268,7 @@ class Predictor:
             ood_score=ood,
             atypical=unlike_training,
             is_ood=(ood < card.ood_threshold) | unlike_training,
-            input_stats=stats,
+            input_stats=stats or None,
             top_k=top_k(probs, self.top_k),
         )
 

@@ -11,8 +11,8 @@ import pytest
 
 from pipeline.checkpoint import load_model
 from pipeline.config import load_section
-from pipeline.evaluation import evaluate
-from pipeline.model_card import InputReference
+from pipeline.evaluation import evaluate, validity_evidence
+from pipeline.model_card import FeatureReference, InputReference
 from pipeline.plots import write_plot_data
 from pipeline.training import train
 from tests.conftest import configs, synthetic_prepared
@@ -67,6 +67,11 @@ def test_shift_study_has_every_corruption_and_severity(evaluated: tuple[Any, Any
     assert 0 <= row["accuracy"] <= 100 and 0 <= row["ece"] <= 100
     # the input drift of each row: small on clean test images, large at contrast severity 5
     assert shift["clean"]["0"]["input_psi"] < 0.5 < row["input_psi"]
+    # ... and the feature norm's, with the larger of the two (what the validity signal reads)
+    for rows in shift.values():
+        for r in rows.values():
+            assert r["drift_psi"] == max(r["input_psi"], r["feature_psi"]) >= 0
+    assert shift["clean"]["0"]["feature_psi"] < 0.5
 
 
 def test_serving_reference(evaluated: tuple[Any, Any, Path]) -> None:
@@ -100,6 +105,19 @@ def test_input_reference_and_drift_evidence(evaluated: tuple[Any, Any, Path]) ->
     # test images look like training images; inverted ones do not, in mean and dark/bright
     assert max(drift["test"].values()) < 0.1
     assert drift["inverted_test"]["mean"] > 1 and drift["inverted_test"]["dark_share"] > 1
+
+
+def test_feature_reference_and_its_drift_evidence(evaluated: tuple[Any, Any, Path]) -> None:
+    """The toy network ends in a linear layer: its feature norms are binned by their training
+    deciles, a tenth of the training images in each bin, and compared on every set."""
+    result, data, _ = evaluated
+    features = FeatureReference(**result.serving["feature_reference"])  # as in the card
+    assert sum(features.counts) == len(data.train_idx)
+    assert max(features.counts) - min(features.counts) <= 0.02 * len(data.train_idx)
+    drift = result.metrics["input_drift"]
+    assert all("feature_norm" in drift[name] for name in ("test", "inverted_test", "noise"))
+    assert drift["test"]["feature_norm"] < 0.5
+    assert drift["noise"]["feature_norm"] > drift["test"]["feature_norm"]
 
 
 def test_ood_flag_shares_by_score_statistics_and_either(evaluated: tuple[Any, Any, Path]) -> None:
@@ -136,3 +154,27 @@ def test_plot_files(evaluated: tuple[Any, Any, Path], tmp_path: Path) -> None:
     assert (tmp_path / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = (tmp_path / "confusion.csv").read_text().splitlines()
     assert rows[0] == "actual,predicted" and len(rows) == len(result.test_labels) + 1
+
+
+def test_validity_evidence_bands_rows_by_drift_psi() -> None:
+    shift = {
+        "clean": {"0": {"drift_psi": 0.01, "estimation_error": 1.0}},
+        "rotate": {
+            "1": {"drift_psi": 0.1, "estimation_error": 3.0},
+            "5": {"drift_psi": 1.3, "estimation_error": 39.0},
+        },
+        "invert": {"5": {"drift_psi": 10.0, "estimation_error": 54.0}},
+        # a model without the feature statistic: its rows have input_psi only
+        "old": {"1": {"input_psi": 0.2, "estimation_error": 5.0}},
+    }
+    assert validity_evidence(shift) == {
+        "0-0.25": {"rows": 3, "min_error": 1.0, "median_error": 3.0, "max_error": 5.0},
+        "1-3": {"rows": 1, "min_error": 39.0, "median_error": 39.0, "max_error": 39.0},
+        "3-inf": {"rows": 1, "min_error": 54.0, "median_error": 54.0, "max_error": 54.0},
+    }
+
+
+def test_evaluation_reports_validity_evidence(evaluated: tuple[Any, Any, Path]) -> None:
+    metrics = evaluated[0].metrics
+    rows = sum(len(levels) for levels in metrics["shift"].values())
+    assert sum(band["rows"] for band in metrics["validity"].values()) == rows

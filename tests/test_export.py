@@ -24,7 +24,8 @@ from pipeline.export import (
     export_onnx,
     verify_export,
 )
-from pipeline.model_card import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, ModelCard
+from pipeline.inference import final_linear
+from pipeline.model_card import FEATURE_OUTPUT, INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, ModelCard
 from pipeline.preprocessing import to_model_input
 from pipeline.training import train
 from tests.conftest import ROOT, configs, synthetic_prepared
@@ -99,12 +100,42 @@ def verify(toy: Toy, path: Path, card: ModelCard, expected_ece: float) -> dict:
     return verify_export(path, toy.model, test.images, test.labels, card, expected_ece, 15, 64)
 
 
-def test_graph_takes_images_and_returns_logits_and_probabilities(exported: Path) -> None:
+def test_graph_takes_images_and_returns_logits_probabilities_and_feature_norms(
+    toy: Toy, exported: Path
+) -> None:
     sess = session(exported)
+    assert toy.card.feature_reference is not None  # the toy net ends in a linear layer
     assert [i.name for i in sess.get_inputs()] == [INPUT_NAME] == ["images"]
-    assert [o.name for o in sess.get_outputs()] == list(OUTPUT_NAMES)
+    assert [o.name for o in sess.get_outputs()] == [*OUTPUT_NAMES, FEATURE_OUTPUT]
     assert list(OUTPUT_NAMES) == ["logits", "probabilities"]
+    assert FEATURE_OUTPUT == "feature_norm"
     assert isinstance(sess.get_inputs()[0].shape[0], str)  # symbolic batch axis
+
+
+def test_feature_norm_output_is_the_norm_of_the_last_linear_layers_input(
+    toy: Toy, exported: Path
+) -> None:
+    x = model_input(toy, 7)
+    norms = session(exported).run([FEATURE_OUTPUT], {INPUT_NAME: x})[0]
+    layer = final_linear(toy.model, torch.from_numpy(x))
+    assert isinstance(layer, nn.Linear)
+    seen: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda _m, i, _o: seen.append(i[0]))
+    with torch.no_grad():
+        toy.model.eval()(torch.from_numpy(x))
+    handle.remove()
+    by_hand = np.sqrt((seen[0].flatten(1).double().numpy() ** 2).sum(axis=1))
+    assert norms.shape == (7,)
+    np.testing.assert_allclose(norms, by_hand, rtol=1e-5)
+
+
+def test_card_without_feature_reference_exports_two_outputs(toy: Toy, tmp_path: Path) -> None:
+    card = dataclasses.replace(toy.card, feature_reference=None)
+    path = tmp_path / "model.onnx"
+    export_onnx(toy.model, card, path)
+    assert [o.name for o in session(path).get_outputs()] == list(OUTPUT_NAMES)
+    figures = verify(toy, path, card, toy.evaluation.metrics["test"]["scaled"]["ece"])
+    assert "max_rel_feature_norm_diff" not in figures
 
 
 @pytest.mark.parametrize("n", [1, 5, 64])
@@ -145,6 +176,20 @@ def test_verify_passes_on_the_evaluate_ece(toy: Toy, exported: Path) -> None:
     assert figures["max_abs_prob_diff"] <= PROB_ATOL and figures["opset"] >= 18
     assert figures["onnx_bytes"] == exported.stat().st_size and figures["test_images"] == 400
     assert figures["accuracy_onnx"] == toy.evaluation.metrics["test"]["scaled"]["accuracy"]
+    assert 0.0 <= figures["max_rel_feature_norm_diff"] <= 1e-4
+
+
+def test_verify_raises_when_the_feature_norms_disagree(
+    toy: Toy, exported: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PyTorch's side of the comparison made 1% larger: the check must catch it."""
+    import pipeline.export as export_module
+
+    real = export_module.feature_norm
+    monkeypatch.setattr(export_module, "feature_norm", lambda f: 1.01 * real(f))
+    ece = toy.evaluation.metrics["test"]["scaled"]["ece"]
+    with pytest.raises(ExportError, match="feature norms"):
+        verify(toy, exported, toy.card, ece)
 
 
 def test_verify_raises_on_a_wrong_expected_ece(toy: Toy, exported: Path) -> None:

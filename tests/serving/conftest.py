@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipeline.config import read_params
 from pipeline.input_stats import EDGES as INPUT_EDGES
 from pipeline.input_stats import reference_histograms
-from pipeline.model_card import InputReference, ModelCard, ReferenceConfidence
+from pipeline.model_card import FeatureReference, InputReference, ModelCard, ReferenceConfidence
 
 ROOT = Path(__file__).parents[2]
 CLASS_NAMES = ["top_left", "top_right", "bottom_left", "bottom_right"]
@@ -97,15 +97,21 @@ class ExportedModel:
 
 @pytest.fixture(scope="session")
 def exported_model(tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
-    """small_cnn trained for a few steps on quadrant images, exported with pipeline.export."""
+    """small_cnn trained for a few steps on quadrant images, exported with pipeline.export, with
+    the input and feature-norm references of 2,000 more quadrant images."""
     import torch
 
     from pipeline.export import export_onnx
+    from pipeline.feature_norm import reference as feature_reference
+    from pipeline.inference import final_linear, predict_outputs
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a few tiny steps: more threads only contend on a busy machine
     images, labels = quadrant_images(256)
     model = train_toy_model(images, labels, [0.3], [0.3])
+    reference_images = quadrant_images(2000, seed=99)[0]
+    layer = final_linear(model, torch.zeros(2, 1, SIZE, SIZE))
+    norms = predict_outputs(model, reference_images, [0.3], [0.3], 500, layer)[1]
     edges = read_params(ROOT / "params.yaml")["evaluate"]["reference_edges"]
     card = ModelCard(
         dataset="quadrants",
@@ -124,8 +130,9 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
         test_ece=2.0,
         model_version="test-0001",
         input_reference=InputReference(
-            edges=list(INPUT_EDGES), **reference_histograms(quadrant_images(2000, seed=99)[0])
+            edges=list(INPUT_EDGES), **reference_histograms(reference_images)
         ),
+        feature_reference=FeatureReference(**feature_reference(norms, INPUT_EDGES)),
     )
     path = tmp_path_factory.mktemp("model") / "model.onnx"
     try:

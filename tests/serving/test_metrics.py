@@ -21,8 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.config import load_section
 from pipeline.drift import PSI_EPSILON, bin_counts, ks_statistic, psi
+from pipeline.feature_norm import norm_rank
 from pipeline.input_stats import input_statistics
-from pipeline.model_card import InputReference, ModelCard, ReferenceConfidence
+from pipeline.model_card import FeatureReference, InputReference, ModelCard, ReferenceConfidence
 from serving.metrics import REJECTION_REASONS, ConfidenceWindow, ServiceMetrics
 
 ROOT = Path(__file__).parents[2]
@@ -444,6 +445,35 @@ def test_input_statistics_are_binned_on_the_cards_edges(registry) -> None:
     m.record_inputs(input_statistics(np.zeros((0, 4, 4, 1), np.uint8)))  # none answered
     m.record_inputs(None)
     assert value(registry, "rankcal_input_bin_total", statistic="mean", bin="0.5") == 2
+
+
+def test_the_feature_norm_rank_is_counted_beside_the_input_statistics(registry) -> None:
+    """Deciles 0, 1, ..., 10 of the training norms; counts per tenth of the rank."""
+    features = FeatureReference(quantiles=[float(q) for q in range(11)], counts=[1] * 9 + [3])
+    card = dataclasses.replace(input_card(), feature_reference=features)
+    m = ServiceMetrics(card, window=10, provider=CPU, registry=registry)
+    fraction = {
+        b: value(registry, "rankcal_input_reference_fraction", statistic="feature_norm", bin=b)
+        for b in ("0.1", "0.5", "1.0")
+    }
+    assert fraction == {"0.1": 1 / 12, "0.5": 1 / 12, "1.0": 3 / 12}
+    # Norms 0.5 and 0 (ranks 0.05, 0: first tenth), 4.5 (0.45: fifth), 99 (1: last).
+    ranks = norm_rank(np.array([0.5, 0.0, 4.5, 99.0]), features.quantiles)
+    np.testing.assert_allclose(ranks, [0.05, 0.0, 0.45, 1.0])
+    stats = input_statistics(np.zeros((4, 4, 4, 1), np.uint8)) | {"feature_norm": ranks}
+    m.record_inputs(stats)
+    counts = {
+        b: value(registry, "rankcal_input_bin_total", statistic="feature_norm", bin=b)
+        for b in ("0.1", "0.2", "0.5", "1.0")
+    }
+    assert counts == {"0.1": 2, "0.2": 0, "0.5": 1, "1.0": 1}
+    assert value(registry, "rankcal_input_bin_total", statistic="mean", bin="0.5") == 4
+    # Without the pixel statistics' reference, the feature norm alone is still counted.
+    other = CollectorRegistry()
+    alone = dataclasses.replace(make_card(), feature_reference=features)
+    ServiceMetrics(alone, window=10, provider=CPU, registry=other).record_inputs(stats)
+    assert value(other, "rankcal_input_bin_total", statistic="feature_norm", bin="0.1") == 2
+    assert value(other, "rankcal_input_bin_total", statistic="mean", bin="0.1") is None
 
 
 def test_a_card_without_input_reference_exports_no_input_series(metrics, registry) -> None:

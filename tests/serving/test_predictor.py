@@ -10,11 +10,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from pipeline.feature_norm import norm_rank
 from pipeline.images import fit_image
 from pipeline.model_card import INPUT_NAME, METADATA_KEY
 from pipeline.preprocessing import to_model_input
 from serving.predictor import (
     CPU,
+    ModelFileError,
     Predictor,
     cuda_driver_present,
     entropy,
@@ -187,17 +189,7 @@ def test_the_service_session_does_not_spin_wait(predictor: Predictor) -> None:
 
 def _with_card(model: ExportedModel, path: Path, **changes: object) -> Path:
     """A copy of the exported model whose card has ``changes`` (or lacks keys set to None)."""
-    proto = onnx.load(str(model.path))
-    entry = next(p for p in proto.metadata_props if p.key == METADATA_KEY)
-    card = json.loads(entry.value)
-    for key, value in changes.items():
-        if value is None:
-            card.pop(key)
-        else:
-            card[key] = value
-    entry.value = json.dumps(card)
-    onnx.save(proto, str(path))
-    return path
+    return _with_card_of(onnx.load(str(model.path)), path, **changes)
 
 
 @pytest.mark.parametrize("name", ["energy", "entropy"])
@@ -252,3 +244,54 @@ def test_inputs_unlike_any_training_image_are_flagged_whatever_the_score(
     np.testing.assert_array_equal(out.is_ood[8:], [True] * 4)
     np.testing.assert_array_equal(out.is_ood[:8], out.ood_score[:8] < predictor.card.ood_threshold)
     assert out.input_stats is not None and out.input_stats["mean"][8] == pytest.approx(128 / 255)
+
+
+def test_feature_norm_ranks_come_from_the_graphs_norms_and_the_cards_deciles(
+    predictor: Predictor, exported_model: ExportedModel
+) -> None:
+    typical, _ = quadrant_images(12, seed=7)
+    grey = np.full((4, SIZE, SIZE, 1), 128, np.uint8)
+    images = np.concatenate([typical, grey])
+    x = to_model_input(images, exported_model.card.mean, exported_model.card.std)
+    session = ort.InferenceSession(str(exported_model.path), providers=[CPU])
+    norms = session.run(["feature_norm"], {INPUT_NAME: x})[0]
+    out = predictor.predict(images, batch_size=5)  # chunked: the norms are joined in order
+    quantiles = exported_model.card.feature_reference.quantiles
+    assert out.input_stats is not None
+    np.testing.assert_allclose(out.input_stats["feature_norm"], norm_rank(norms, quantiles))
+    # The toy's own kind of image spreads over the training ranks; flat grey ones do not.
+    assert 0.0 < float(np.median(out.input_stats["feature_norm"][:12])) < 1.0
+
+
+def test_a_card_with_a_feature_reference_needs_the_feature_output(
+    exported_model: ExportedModel, tmp_path: Path
+) -> None:
+    proto = onnx.load(str(exported_model.path))
+    proto.graph.output.pop()  # drop feature_norm: the graph ends at logits and probabilities
+    path = tmp_path / "two_outputs.onnx"
+    onnx.save(proto, str(path))
+    with pytest.raises(ModelFileError, match="feature_norm"):
+        Predictor(path, top_k=1, providers=[CPU])
+    # Its card without the reference (as exported before the statistic): served, no feature rank.
+    old = Predictor(
+        _with_card_of(proto, tmp_path / "old.onnx", feature_reference=None),
+        top_k=1,
+        providers=[CPU],
+    )
+    out = old.predict(quadrant_images(4, seed=8)[0], batch_size=4)
+    assert out.input_stats is not None and "feature_norm" not in out.input_stats
+    assert "mean" in out.input_stats
+
+
+def _with_card_of(proto: onnx.ModelProto, path: Path, **changes: object) -> Path:
+    """``proto`` saved to ``path`` with ``changes`` to its card (keys set to None removed)."""
+    entry = next(p for p in proto.metadata_props if p.key == METADATA_KEY)
+    card = json.loads(entry.value)
+    for key, value in changes.items():
+        if value is None:
+            card.pop(key)
+        else:
+            card[key] = value
+    entry.value = json.dumps(card)
+    onnx.save(proto, str(path))
+    return path

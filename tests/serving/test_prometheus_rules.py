@@ -18,7 +18,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from pipeline.drift import PSI_EPSILON
-from pipeline.model_card import InputReference, ModelCard, ReferenceConfidence
+from pipeline.model_card import FeatureReference, InputReference, ModelCard, ReferenceConfidence
 from serving.metrics import ServiceMetrics
 
 ROOT = Path(__file__).parents[2]
@@ -80,6 +80,11 @@ def exported_registry() -> CollectorRegistry:
             contrast=[50, 50],
             dark_share=[10, 90],
             bright_share=[90, 10],
+        ),
+        # rules_test.yml's feature norm: half the training images in the bin ending at 0.5, half
+        # in the last (the other eight bins, empty in reference and traffic, add 0 to a PSI).
+        feature_reference=FeatureReference(
+            quantiles=[float(q) for q in range(11)], counts=[0, 0, 0, 0, 5, 0, 0, 0, 0, 5]
         ),
     )
     registry = CollectorRegistry()
