@@ -306,6 +306,40 @@ def shift_study(
     return results
 
 
+def summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The figures a person compares between runs, from :func:`evaluate`'s metrics tree.
+
+    What the evaluate stage declares as DVC metrics (``dvc metrics show``/``diff``, ``dvc exp
+    show``); the whole tree, some 300 figures, stays in a file that is not. Test split, after
+    temperature scaling unless the key says ``before_ts``; accuracy, ECE and AUROC in percent
+    like the tree, NLL in nats, Brier score on [0, 2]. ``ood_auroc`` is the serving OOD score's
+    (``ood_selection.chosen``) on each OOD set; ``shift_estimation_error`` the median distance,
+    in points, between estimated and true accuracy over the corrupted rows of the shift study.
+    """
+    test = metrics["test"]
+    chosen = metrics["ood_selection"]["chosen"]
+    out: dict[str, Any] = {
+        "accuracy": test["scaled"]["accuracy"],
+        "ece": test["scaled"]["ece"],
+        "ece_before_ts": test["raw"]["ece"],
+        "adaptive_ece": test["scaled"]["adaptive_ece"],
+        "nll": test["scaled"]["nll"],
+        "nll_before_ts": test["raw"]["nll"],
+        "brier": test["scaled"]["brier"],
+        "temperature": metrics["temperature"]["temperature"],
+        "ood_auroc": {name: ood["scaled"][chosen]["auroc"] for name, ood in metrics["ood"].items()},
+    }
+    errors = [
+        row["estimation_error"]
+        for name, levels in metrics.get("shift", {}).items()
+        if name != "clean"
+        for row in levels.values()
+    ]
+    if errors:
+        out["shift_estimation_error"] = float(np.median(errors))
+    return out
+
+
 # Bands of a shift-study row's drift PSI; the first is what the service's validity signal accepts
 # (serving/prometheus/recording_rules.yml, rankcal:estimate_valid:5m).
 VALIDITY_BANDS = ((0.0, 0.25), (0.25, 1.0), (1.0, 3.0), (3.0, float("inf")))

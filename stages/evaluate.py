@@ -1,6 +1,7 @@
 """DVC stage `evaluate`: calibration, OOD and shift metrics of the best checkpoint.
 
-Reads the ``evaluate`` params section; writes ``metrics/eval.json``, plot data under
+Reads the ``evaluate`` params section; writes ``metrics/eval.json`` (every figure),
+``--summary`` (the figures compared between runs, DVC's metrics), plot data under
 ``--plots`` (reliability, ROC, confusion; ``reliability.png``) and ``--serving``, the JSON the
 service loads (temperature, class names, normalisation, OOD threshold, reference histogram).
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 from pipeline.checkpoint import load_model
 from pipeline.config import ConfigError, EvaluateConfig, load_section
 from pipeline.data import DataError, load_prepared
-from pipeline.evaluation import evaluate
+from pipeline.evaluation import evaluate, summary
 from pipeline.io import write_json
 from pipeline.plots import write_plot_data
 from stages.common import parser, setup
@@ -24,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=Path("data/prepared"))
     p.add_argument("--model", type=Path, default=Path("models/model.pt"))
     p.add_argument("--metrics", type=Path, default=Path("metrics/eval.json"))
+    p.add_argument("--summary", type=Path, default=Path("metrics/eval_summary.json"))
     p.add_argument("--plots", type=Path, default=Path("plots/eval"))
     p.add_argument("--serving", type=Path, default=Path("models/calibration.json"))
     args = p.parse_args(argv)
@@ -45,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     write_json(args.serving, result.serving)
     write_json(args.metrics, result.metrics)
+    write_json(args.summary, summary(result.metrics))
     return 0
 
 

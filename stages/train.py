@@ -6,16 +6,16 @@ the resume checkpoints, training metrics and dvclive's per-epoch plots.
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from dvclive import Live
 from pipeline.config import ConfigError, load_section
 from pipeline.data import DataError, load_prepared
 from pipeline.io import atomic_path, write_json
-from pipeline.training import select_device, train
+from pipeline.training import TrainResult, select_device, train
 from stages.common import parser, setup
 
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def log_epoch(epoch: int, row: dict[str, float]) -> None:
             live.step = epoch
-            for key, value in row.items():
+            for key, value in in_percent(row).items():
                 if key != "epoch":
                     live.log_metric(key, value)
             live.make_summary()
@@ -52,10 +52,34 @@ def main(argv: list[str] | None = None) -> int:
         result = train(data, model_cfg, loss_cfg, train_cfg, args.checkpoints, log_epoch=log_epoch)
     with atomic_path(args.model) as tmp:
         shutil.copyfile(args.checkpoints / "best.pt", tmp)
-    summary = dataclasses.asdict(result)
-    summary["final"] = summary.pop("history")[-1]
-    write_json(args.metrics, summary)
+    write_json(args.metrics, train_metrics(result))
     return 0
+
+
+# Fractions in the training library; percent in what DVC shows, as in metrics/eval.json.
+_PERCENT_KEYS = ("best_val_accuracy", "val_accuracy", "val_ece")
+
+
+def in_percent(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with its accuracy and ECE fractions as percent."""
+    return {k: 100 * v if k in _PERCENT_KEYS else v for k, v in row.items()}
+
+
+def train_metrics(result: TrainResult) -> dict[str, Any]:
+    """What ``dvc metrics show`` compares of a training run, flat and in percent: the best and
+    the last epoch's validation accuracy, the last epoch's validation ECE and training loss,
+    epochs run, the epoch a killed run resumed from (0: none) and seconds across resumes."""
+    last = in_percent(result.history[-1])
+    return {
+        "epochs": result.epochs,
+        "best_epoch": result.best_epoch,
+        "best_val_accuracy": 100 * result.best_val_accuracy,
+        "val_accuracy": last["val_accuracy"],
+        "val_ece": last["val_ece"],
+        "train_loss": last["train_loss"],
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "seconds": result.seconds,
+    }
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.checkpoint import load_model
 from pipeline.config import load_section
-from pipeline.evaluation import evaluate, validity_evidence
+from pipeline.evaluation import evaluate, summary, validity_evidence
 from pipeline.model_card import FeatureReference, InputReference
 from pipeline.plots import write_plot_data
 from pipeline.training import train
@@ -178,3 +178,35 @@ def test_evaluation_reports_validity_evidence(evaluated: tuple[Any, Any, Path]) 
     metrics = evaluated[0].metrics
     rows = sum(len(levels) for levels in metrics["shift"].values())
     assert sum(band["rows"] for band in metrics["validity"].values()) == rows
+
+
+def test_summary_picks_the_figures_compared_between_runs() -> None:
+    report = {"accuracy": 90.0, "ece": 1.0, "adaptive_ece": 0.9, "nll": 0.3, "brier": 0.15}
+    raw = {"accuracy": 90.0, "ece": 3.0, "adaptive_ece": 2.9, "nll": 0.35, "brier": 0.16}
+    ood = {
+        name: {"scaled": {s: {"auroc": a + k} for k, s in enumerate(("msp", "entropy"))}}
+        for name, a in (("digits", 80.0), ("noise", 60.0))
+    }
+    metrics = {
+        "test": {"raw": raw, "scaled": report},
+        "temperature": {"temperature": 1.5},
+        "ood": ood,
+        "ood_selection": {"chosen": "entropy"},
+        "shift": {
+            "clean": {"0": {"estimation_error": 0.5}},  # not a corruption: left out
+            "blur": {"1": {"estimation_error": 2.0}, "5": {"estimation_error": 10.0}},
+            "noise": {"1": {"estimation_error": 4.0}},
+        },
+    }
+    assert summary(metrics) == {
+        "accuracy": 90.0,
+        "ece": 1.0,
+        "ece_before_ts": 3.0,
+        "adaptive_ece": 0.9,
+        "nll": 0.3,
+        "nll_before_ts": 0.35,
+        "brier": 0.15,
+        "temperature": 1.5,
+        "ood_auroc": {"digits": 81.0, "noise": 61.0},  # the chosen score's (entropy)
+        "shift_estimation_error": 4.0,  # median of 2, 10, 4
+    }

@@ -25,7 +25,7 @@ from tests.serving.conftest import (
     write_params,
 )
 
-TRACKED = ["dvc.yaml", "pipeline", "stages", "checksums", ".dvcignore", "images"]
+TRACKED = ["dvc.yaml", "pipeline", "stages", "checksums", ".dvcignore", ".gitignore", "images"]
 
 
 def run(args: list[str], cwd: Path) -> str:
@@ -61,7 +61,7 @@ def project(tmp_path: Path, params: dict[str, Any]) -> Path:
 def test_dvc_repro_runs_then_reports_nothing_changed(project: Path) -> None:
     run(["dvc", "repro"], project)
     metrics = json.loads((project / "metrics" / "train.json").read_text())
-    assert metrics["epochs"] == 2 and 0.1 < metrics["best_val_accuracy"] <= 1.0
+    assert metrics["epochs"] == 2 and 10 < metrics["best_val_accuracy"] <= 100  # percent
     assert (project / "models" / "model.pt").is_file()
     assert (project / "models" / "checkpoints" / "last.pt").is_file()
     assert (project / "dvclive" / "train" / "plots" / "metrics" / "val_ece.tsv").is_file()
@@ -77,8 +77,11 @@ def test_dvc_repro_runs_then_reports_nothing_changed(project: Path) -> None:
 
     again = run(["dvc", "repro"], project)
     assert "Data and pipelines are up to date" in again
-    shown = run(["dvc", "metrics", "show", "--json"], project)
-    assert "best_val_accuracy" in shown and "adaptive_ece" in shown
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], project))
+    files = shown[""]["data"]  # the workspace
+    assert set(files) == {"metrics/train.json", "metrics/eval_summary.json"}  # not the detail
+    assert "best_val_accuracy" in files["metrics/train.json"]["data"]
+    assert "adaptive_ece" in files["metrics/eval_summary.json"]["data"]
     rendered = run(["dvc", "plots", "show", "-o", str(project / "rendered")], project)
     assert (project / "rendered" / "index.html").is_file(), rendered
     html = (project / "rendered" / "index.html").read_text()
@@ -152,3 +155,85 @@ def test_dvc_repro_on_an_image_folder_then_the_service_names_its_classes(
 def serving_choice(project: Path) -> str:
     """The OOD score the evaluate stage wrote for serving."""
     return json.loads((project / "models" / "calibration.json").read_text())["ood_score"]
+
+
+def commit(project: Path, message: str) -> None:
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], project)
+
+
+def experiment_metrics(shown: Any) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(params.yaml, eval_summary.json) of every revision and experiment in `dvc exp show
+    --json`'s output, wherever they sit in its nesting."""
+    found = []
+    if isinstance(shown, dict):
+        data = shown.get("data")
+        if isinstance(data, dict) and "metrics" in data and "params" in data:
+            metrics = (data["metrics"] or {}).get("metrics/eval_summary.json", {}).get("data")
+            params = (data["params"] or {}).get("params.yaml", {}).get("data")
+            if metrics and params:
+                found.append((params, metrics))
+        values = shown.values()
+    elif isinstance(shown, list):
+        values = shown
+    else:
+        return found
+    for value in values:
+        found += experiment_metrics(value)
+    return found
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_metrics_travel_with_commits_experiments_remote_and_artifacts(
+    project: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """What a DVC user does: compare metrics across commits and experiments, push to a remote,
+    pull on a second clone that then needs no training, fetch the model as an artifact."""
+    run(["dvc", "repro"], project)
+    # The metrics, plot data and dvclive plots are committed with the run (not git-ignored).
+    untracked = run(["git", "status", "--porcelain", "--untracked-files=all"], project)
+    for path in ("metrics/eval_summary.json", "metrics/eval.json", "plots/eval/confusion.csv"):
+        assert f"?? {path}" in untracked, untracked
+    commit(project, "baseline")
+    baseline = json.loads((project / "metrics" / "eval_summary.json").read_text())
+
+    # dvc metrics diff reads the committed files of a revision (it showed "-" for them when
+    # they were git-ignored).
+    diff = json.loads(run(["dvc", "metrics", "diff", "HEAD", "--all", "--json"], project))
+    accuracy = diff["metrics/eval_summary.json"]["accuracy"]
+    assert accuracy["old"] == accuracy["new"] == baseline["accuracy"]
+
+    # An experiment carries its own metrics, beside the baseline's.
+    run(["dvc", "exp", "run", "-S", "loss.name=ce", "-S", "train.epochs=1"], project)
+    rows = experiment_metrics(json.loads(run(["dvc", "exp", "show", "--json"], project)))
+    ce = [m for p, m in rows if p["loss"]["name"] == "ce" and p["train"]["epochs"] == 1]
+    base = [m for p, m in rows if p["loss"]["name"] != "ce"]
+    assert ce and base, rows
+    assert all(0 < m["accuracy"] <= 100 and m["ece"] >= 0 for m in ce + base)
+    assert base[0]["accuracy"] == baseline["accuracy"]
+    run(["git", "checkout", "-q", "--", "."], project)  # the baseline back in the workspace
+    run(["dvc", "checkout", "-q"], project)
+
+    # A local-directory remote: push, then a second clone pulls and is up to date.
+    remote = tmp_path_factory.mktemp("remote")
+    run(["dvc", "remote", "add", "-d", "storage", str(remote)], project)
+    commit(project, "remote")
+    run(["dvc", "push"], project)
+    clone = tmp_path_factory.mktemp("clone") / "project"
+    run(["git", "clone", "-q", str(project), str(clone)], project.parent)
+    run(["dvc", "pull"], clone)
+    assert "up to date" in run(["dvc", "status"], clone)
+    assert "Data and pipelines are up to date" in run(["dvc", "repro"], clone)
+    assert (clone / "models" / "model.onnx").read_bytes() == (
+        project / "models" / "model.onnx"
+    ).read_bytes()
+
+    # The exported model is a DVC artifact of the repository: a version is a git tag in the
+    # model registry's format (what `gto register` writes), and `dvc artifacts get` fetches the
+    # latest one from the remote.
+    tag = ["tag", "-a", "-m", "first model", "rankcal-classifier@v0.1.0"]
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *tag], project)
+    out = tmp_path_factory.mktemp("artifact") / "model.onnx"
+    run(["dvc", "artifacts", "get", str(project), "rankcal-classifier", "-o", str(out)], clone)
+    assert out.read_bytes() == (project / "models" / "model.onnx").read_bytes()

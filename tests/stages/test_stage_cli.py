@@ -239,3 +239,23 @@ def test_make_repro_cifar10_never_runs_dvc_without_the_presets_arguments(
     assert result.returncode != 0
     assert "preset: refused" in result.stderr
     assert not (tmp_path / "dvc.log").exists()
+
+
+def test_train_metrics_are_flat_and_in_percent() -> None:
+    from pipeline.training import TrainResult
+
+    history = [
+        {"epoch": 1, "train_loss": 0.9, "val_accuracy": 0.5, "val_ece": 0.1},
+        {"epoch": 2, "train_loss": 0.7, "val_accuracy": 0.625, "val_ece": 0.0125},
+    ]
+    result = TrainResult(0.75, 1, 2, 0, 12.5, history)  # best epoch 1 at 0.75 (made up)
+    assert train_stage.train_metrics(result) == {
+        "epochs": 2,
+        "best_epoch": 1,
+        "best_val_accuracy": 75.0,
+        "val_accuracy": 62.5,
+        "val_ece": 1.25,
+        "train_loss": 0.7,
+        "resumed_from_epoch": 0,
+        "seconds": 12.5,
+    }
