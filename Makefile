@@ -11,7 +11,8 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: setup system-data repro repro-cifar10 test lint bench-train bench-serve bench-folder bench-load study
+.PHONY: setup system-data repro repro-cifar10 test lint bench-train bench-serve bench-folder bench-load study \
+	serving-requirements bento
 
 setup: $(STAMP) system-data
 
@@ -84,3 +85,21 @@ serve: setup
 	@# leave them serving).
 	RANKCAL_MODEL=$(RANKCAL_MODEL) RANKCAL_PARAMS=$(RANKCAL_PARAMS) \
 		exec bentoml serve serving.service:ImageClassifier
+
+# The serving image's and the Bento's dependencies (no torch): what pip resolves for the service's
+# imports, pinned to requirements.lock's versions. Rerun after changing requirements.lock.
+SERVING_PACKAGES := onnxruntime-gpu bentoml pillow numpy prometheus-client pyyaml uvloop httptools
+serving-requirements: setup
+	$(BIN)/python -m pip install --dry-run --ignore-installed --quiet --report serving/.report.json \
+		-c requirements.lock $(SERVING_PACKAGES)
+	$(BIN)/python -c 'import json; r = json.load(open("serving/.report.json")); \
+		pins = sorted("%s==%s" % (i["metadata"]["name"].lower(), i["metadata"]["version"]) for i in r["install"]); \
+		head = ["# The service dependencies, torch-free, pinned to requirements.lock: make serving-requirements"]; \
+		open("serving/requirements.txt", "w").write("\n".join(head + pins) + "\n")'
+	rm -f serving/.report.json
+
+# A Bento (bentofile.yaml): the service, models/model.onnx and serving/requirements.txt; then
+# `bentoml containerize rankcal:latest` builds its image where Docker runs.
+bento: setup
+	@test -f models/model.onnx || { echo "models/model.onnx is missing: run make repro first"; exit 1; }
+	$(BIN)/bentoml build

@@ -186,13 +186,13 @@ class RunningService:
 
 @contextlib.contextmanager
 def run_service(
-    argv: Sequence[str], env: dict[str, str], port: int, log: Path
+    argv: Sequence[str], env: dict[str, str], port: int, log: Path, cwd: Path = ROOT
 ) -> Iterator[RunningService]:
     """Start ``argv`` in its own process group, wait for /readyz 200, always kill the group."""
     with log.open("wb") as sink:
         process = subprocess.Popen(
             list(argv),
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             stdout=sink,
             stderr=subprocess.STDOUT,
