@@ -30,6 +30,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator
 from pydantic_core import PydanticCustomError
 from starlette.responses import Response
 
+from pipeline import __version__
 from pipeline.config import ServeConfig, load_section, read_params
 from pipeline.preprocessing import match_channels
 from serving import npy, request_timeout
@@ -45,6 +46,7 @@ from serving.images import (
 from serving.index_page import IndexPage
 from serving.logs import install_refusal_log_filter
 from serving.metrics import ServiceMetrics
+from serving.openapi import OpenAPIDocument
 from serving.predictor import CPU, ModelFileError, Predictor, execution_providers, open_model
 from serving.reaper import start_reaper
 
@@ -62,7 +64,7 @@ SERVE: ServeConfig = load_section(read_params(PARAMS_PATH), "serve")
 # truncated or card-less model stops the server at once with one line naming the file, instead
 # of workers that fail in __init__ and are restarted forever.
 try:
-    open_model(MODEL_PATH, [CPU])
+    _, CARD = open_model(MODEL_PATH, [CPU])
 except ModelFileError as err:
     raise SystemExit(f"rankcal: cannot serve: {err}") from None
 
@@ -260,6 +262,13 @@ def _cache_io_schemas(service: Any) -> None:
 
 _cache_io_schemas(ImageClassifier)
 ImageClassifier.add_asgi_middleware(IndexPage, service_name="rankcal")
+ImageClassifier.add_asgi_middleware(
+    OpenAPIDocument,
+    version=__version__,
+    model_version=CARD.model_version,
+    image_shape=tuple(CARD.image_shape),
+    max_items=SERVE.max_batch_items,
+)
 ImageClassifier.add_asgi_middleware(
     RequestGuard,
     max_bytes=SERVE.max_request_bytes,
