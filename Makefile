@@ -14,7 +14,7 @@ export BENTOML_DO_NOT_TRACK := true
 .PHONY: setup system-data repro repro-cifar10 test lint bench-train bench-serve bench-folder bench-load study \
 	serving-requirements bento
 
-setup: $(STAMP) system-data
+setup: $(STAMP) system-data .dvc/plots-offline.html
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
+
+# `dvc plots show`'s page with Vega inline (.dvc/config names it): the plots render offline.
+.dvc/plots-offline.html: $(STAMP) pipeline/plots.py
+	$(BIN)/python -c 'from pathlib import Path; from pipeline.plots import write_offline_template; \
+		write_offline_template(Path("$@"))'
 
 # Debian's dataset-fashion-mnist gives the offline copy; without root or apt-get the download
 # stage falls back to torchvision's download and says so if that fails too. Debian's prometheus

@@ -7,6 +7,7 @@ References:
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -33,8 +34,12 @@ def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
         writer.writerows(rows)
 
 
+# How each reliability row is labelled in the CSV, so the plots' legends say it in words.
+CALIBRATION_LABELS = {"raw": "before scaling", "scaled": "temperature-scaled"}
+
+
 def reliability_rows(bins: ReliabilityBins, calibration: str) -> list[list[object]]:
-    """One row per non-empty bin: centre, confidence, accuracy, gap, count."""
+    """One row per non-empty bin: calibration label, centre, confidence, accuracy, gap, count."""
     rows = []
     for i in np.flatnonzero(bins.count):
         centre = (bins.lower[i] + bins.upper[i]) / 2
@@ -59,30 +64,59 @@ def write_plot_data(
     ood_logits: dict[str, np.ndarray],
     temperature: float,
     n_bins: int,
+    class_names: Sequence[str],
 ) -> None:
-    """Write the CSV files ``dvc.yaml``'s plots section declares, and the reliability PNG."""
+    """Write the CSV files ``dvc.yaml``'s plots section declares, and the reliability PNG.
+
+    One file per plot, with the series it compares as a column (``calibration`` in
+    ``reliability.csv``, ``ood_set`` in ``roc.csv``), so the templates under ``.dvc/plots/`` colour
+    by it and the legends name the series rather than files; the confusion matrix has class
+    names.
+    """
     header = ["calibration", "bin_center", "confidence", "accuracy", "gap", "count"]
-    per_scaling, ece = {}, {}
+    per_scaling, ece, rows = {}, {}, []
     for name, t in (("raw", 1.0), ("scaled", temperature)):
         probs = softmax(logits, t)
         bins = reliability_bins(probs, labels, n_bins)
         per_scaling[name] = bins
         ece[name] = expected_calibration_error(probs, labels, n_bins)
-        write_csv(out_dir / f"reliability_{name}.csv", header, reliability_rows(bins, name))
+        rows += reliability_rows(bins, CALIBRATION_LABELS[name])
+    write_csv(out_dir / "reliability.csv", header, rows)
+    roc_rows: list[list[object]] = []
     for name, z in ood_logits.items():
         fpr, tpr = roc_points(max_softmax(logits / temperature), max_softmax(z / temperature))
-        write_csv(
-            out_dir / f"roc_{name}.csv",
-            ["fpr", "tpr"],
-            [[float(f), float(t)] for f, t in zip(fpr, tpr, strict=True)],
-        )
+        roc_rows += [[name, float(f), float(t)] for f, t in zip(fpr, tpr, strict=True)]
+    write_csv(out_dir / "roc.csv", ["ood_set", "fpr", "tpr"], roc_rows)
     predicted = logits.argmax(1)
+    names = list(class_names)
     write_csv(
         out_dir / "confusion.csv",
         ["actual", "predicted"],
-        [[int(a), int(p)] for a, p in zip(labels, predicted, strict=True)],
+        [[names[a], names[p]] for a, p in zip(labels, predicted, strict=True)],
     )
     reliability_png(out_dir / "reliability.png", per_scaling, ece, temperature)
+
+
+def write_offline_template(path: Path) -> None:
+    """An HTML template for ``dvc plots show`` with Vega, Vega-Lite and Vega-Embed inline.
+
+    DVC's default page loads the three from a CDN, so offline only the PNG rendered.
+    ``.dvc/config`` names this file (``plots.html_template``); ``make setup`` writes it (the
+    bundle, about 0.9 MB, is vl-convert's, not committed). Without the ``{scripts}`` placeholder
+    DVC adds no CDN tags.
+    """
+    import vl_convert  # a dev dependency: only this set-up step needs it
+
+    bundle = vl_convert.javascript_bundle().replace("</script", "<\\/script")
+    page = (
+        "<!DOCTYPE html>\n<html>\n<head>\n<meta charset='utf-8'>\n{refresh_tag}\n"
+        "<title>rankcal plots</title>\n<script type='text/javascript'>\n"
+        f"{bundle}\n</script>\n"
+        "<style>table { border-spacing: 15px; }</style>\n</head>\n<body>\n{plot_divs}\n"
+        "</body>\n</html>\n"
+    )
+    with atomic_path(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
 
 
 def reliability_png(

@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         result.ood_logits,
         result.temperature,
         cfg.n_bins,
+        data.class_names,
     )
     write_json(args.serving, result.serving)
     write_json(args.metrics, result.metrics)

@@ -13,7 +13,7 @@ from pipeline.checkpoint import load_model
 from pipeline.config import load_section
 from pipeline.evaluation import evaluate, summary, validity_evidence
 from pipeline.model_card import FeatureReference, InputReference
-from pipeline.plots import write_plot_data
+from pipeline.plots import write_offline_template, write_plot_data
 from pipeline.training import train
 from tests.conftest import configs, synthetic_prepared
 
@@ -139,21 +139,40 @@ def test_inverted_test_images_are_scored_as_ood(evaluated: tuple[Any, Any, Path]
 
 
 def test_plot_files(evaluated: tuple[Any, Any, Path], tmp_path: Path) -> None:
-    result, _, _ = evaluated
+    result, data, _ = evaluated
     write_plot_data(
-        tmp_path, result.test_logits, result.test_labels, result.ood_logits, result.temperature, 15
+        tmp_path,
+        result.test_logits,
+        result.test_labels,
+        result.ood_logits,
+        result.temperature,
+        15,
+        data.class_names,
     )
     names = {p.name for p in tmp_path.iterdir()}
-    assert names == {
-        "reliability_raw.csv",
-        "reliability_scaled.csv",
-        "roc_noise.csv",
-        "confusion.csv",
-        "reliability.png",
-    }
+    assert names == {"reliability.csv", "roc.csv", "confusion.csv", "reliability.png"}
     assert (tmp_path / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = (tmp_path / "confusion.csv").read_text().splitlines()
     assert rows[0] == "actual,predicted" and len(rows) == len(result.test_labels) + 1
+    first = data.class_names[int(result.test_labels[0])]
+    assert rows[1].split(",")[0] == first  # class names, not indices
+    # the series the plots compare are columns, named in words
+    reliability = (tmp_path / "reliability.csv").read_text().splitlines()
+    assert {r.split(",")[0] for r in reliability[1:]} == {"before scaling", "temperature-scaled"}
+    roc = (tmp_path / "roc.csv").read_text().splitlines()
+    assert roc[0] == "ood_set,fpr,tpr" and {r.split(",")[0] for r in roc[1:]} == {"noise"}
+
+
+def test_offline_template_has_vega_inline_and_no_cdn(tmp_path: Path) -> None:
+    from dvc_render.html import HTML
+
+    path = tmp_path / "page.html"
+    write_offline_template(path)
+    page = path.read_text()
+    assert "http://" not in page.split("<script")[0] and "cdn.jsdelivr" not in page
+    assert "window.vegaEmbed" in page and "{scripts}" not in page
+    rendered = HTML(page).with_element("<div id='p'></div>").embed()
+    assert "<div id='p'></div>" in rendered and "{plot_divs}" not in rendered
 
 
 def test_validity_evidence_bands_rows_by_drift_psi() -> None:

@@ -14,6 +14,7 @@ import httpx
 import pytest
 import yaml
 
+from pipeline.plots import write_offline_template
 from tests.conftest import ROOT, needs_fashion_mnist
 from tests.image_folder import CLASS_COLOURS, class_image, encode, make_image_folder
 from tests.serving.conftest import (
@@ -51,6 +52,10 @@ def project(tmp_path: Path, params: dict[str, Any]) -> Path:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], tmp_path)
     run(["dvc", "init", "-q"], tmp_path)
+    # The plot templates and the offline page, as in the checkout after make setup.
+    shutil.copytree(ROOT / ".dvc" / "plots", tmp_path / ".dvc" / "plots")
+    run(["dvc", "config", "plots.html_template", "plots-offline.html"], tmp_path)
+    write_offline_template(tmp_path / ".dvc" / "plots-offline.html")
     run(["git", "add", "-A"], tmp_path)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], tmp_path)
     return tmp_path
@@ -86,6 +91,9 @@ def test_dvc_repro_runs_then_reports_nothing_changed(project: Path) -> None:
     assert (project / "rendered" / "index.html").is_file(), rendered
     html = (project / "rendered" / "index.html").read_text()
     assert "Reliability diagram" in html and "reliability.png" in html
+    # offline: Vega inline, nothing from a CDN; the legends name the series
+    assert "cdn.jsdelivr" not in html and "window.vegaEmbed" in html
+    assert "temperature-scaled" in html and "tickMinStep" in html
     status = run(["dvc", "status"], project)
     assert "up to date" in status
 
