@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export BENTOML_DO_NOT_TRACK := true
 
 .PHONY: setup system-data repro repro-cifar10 test lint bench-train bench-serve bench-folder bench-load study \
-	serving-requirements bento
+	serving-requirements bento params-schema
 
 setup: $(STAMP) system-data .dvc/plots-offline.html
 
@@ -108,3 +108,9 @@ serving-requirements: setup
 bento: setup
 	@test -f models/model.onnx || { echo "models/model.onnx is missing: run make repro first"; exit 1; }
 	$(BIN)/bentoml build
+
+# params.schema.json, the JSON schema editors validate params.yaml with (its first line names
+# it): the parser's own keys and types. Rerun after changing a section in pipeline/config.py.
+params-schema: setup
+	$(BIN)/python -c 'import json; from pipeline.config import params_schema; \
+		open("params.schema.json", "w").write(json.dumps(params_schema(), indent=2) + "\n")'

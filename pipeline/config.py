@@ -1,22 +1,29 @@
-"""Typed configuration: one frozen dataclass per ``params.yaml`` section.
+"""Typed configuration: one frozen dataclass per ``params.yaml`` section, parsed by pydantic.
 
 Parsing is strict: an unknown key, a missing key, a value of the wrong type or an impossible
 value stops with a :class:`ConfigError` that names the key (as ``section.key``) and the value
 that arrived. Defaults live only in ``params.yaml``; no field here has one.
+
+pydantic checks keys and types (strict scalars: no ``"5"`` for a number, no ``1`` for a
+boolean), each dataclass's ``__post_init__`` the ranges and relations, and pydantic's errors are
+rewritten into one :class:`ConfigError` line. The same types give ``params.schema.json``
+(:func:`params_schema`), the JSON schema an editor validates ``params.yaml`` with.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import re
-import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
+from pydantic import BeforeValidator, ConfigDict, Strict, TypeAdapter, ValidationError
 
 from pipeline.drift import check_edges
 
@@ -38,6 +45,27 @@ class ConfigError(ValueError):
     """A parameter is unknown, missing, of the wrong type or out of range."""
 
 
+# A number in exponent notation without a dot, which YAML 1.1 leaves a string: 1e-3, 5E+2.
+_YAML_FLOAT_STRING = re.compile(r"[-+]?\d+[eE][-+]?\d+")
+
+
+def _yaml_number(value: Any) -> Any:
+    """PyYAML follows YAML 1.1, which reads ``1e-3`` (no dot) as a string; it is a number."""
+    if isinstance(value, str) and _YAML_FLOAT_STRING.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
+# Strict scalars: a string is no number and 1 is no boolean (pydantic's default would convert
+# both); an int is a float.
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict(), BeforeValidator(_yaml_number)]
+Bool = Annotated[bool, Strict()]
+Str = Annotated[str, Strict()]
+# Every section refuses keys it does not know.
+STRICT_KEYS = ConfigDict(extra="forbid")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """``data`` section: which dataset, how it is split, which OOD sets accompany it.
@@ -47,19 +75,21 @@ class DataConfig:
     also how the service fits a photo of any size to the model, for every dataset.
     """
 
-    dataset: str
-    root: str
-    image_size: list[int]
-    channels: int
+    __pydantic_config__ = STRICT_KEYS
+
+    dataset: Str
+    root: Str
+    image_size: list[Int]
+    channels: Int
     resize: Literal["resize_shorter_then_center_crop", "stretch"]
     on_error: Literal["error", "skip"]
-    workers: int | None
-    ood: list[str]
-    val_fraction: float
-    test_fraction: float
-    seed: int
-    max_train: int | None
-    max_test: int | None
+    workers: Int | None
+    ood: list[Str]
+    val_fraction: Float
+    test_fraction: Float
+    seed: Int
+    max_train: Int | None
+    max_test: Int | None
 
     def __post_init__(self) -> None:
         ids = _registry("pipeline.data.readers", "ID_DATASETS")
@@ -97,8 +127,10 @@ class ModelConfig:
     only).
     """
 
-    arch: str
-    pretrained: bool
+    __pydantic_config__ = STRICT_KEYS
+
+    arch: Str
+    pretrained: Bool
 
     def __post_init__(self) -> None:
         check_arch = importlib.import_module("pipeline.models").check_arch
@@ -123,17 +155,19 @@ class LossConfig:
     more than one mixed copy, so its faithful setting is 1.
     """
 
-    name: str
-    weight: float
+    __pydantic_config__ = STRICT_KEYS
+
+    name: Str
+    weight: Float
     mixing: Literal["mixup", "cutmix", "manifold"]
-    alpha: float
-    margin: float
-    num_mixes: int
-    mrl_copies: int
+    alpha: Float
+    margin: Float
+    num_mixes: Int
+    mrl_copies: Int
     mrl_mask: Literal["faithful", "per_sample"]
-    manifold_layer: int | None
-    smoothing: float
-    focal_gamma: float
+    manifold_layer: Int | None
+    smoothing: Float
+    focal_gamma: Float
 
     def __post_init__(self) -> None:
         _choice("loss.name", self.name, LOSSES)
@@ -157,22 +191,24 @@ class LossConfig:
 class TrainConfig:
     """``train`` section: optimisation loop."""
 
-    epochs: int
-    batch_size: int
-    lr: float
-    backbone_lr_scale: float
-    momentum: float
-    weight_decay: float
-    nesterov: bool
+    __pydantic_config__ = STRICT_KEYS
+
+    epochs: Int
+    batch_size: Int
+    lr: Float
+    backbone_lr_scale: Float
+    momentum: Float
+    weight_decay: Float
+    nesterov: Bool
     schedule: Literal["multistep", "cosine"]
-    milestones: list[int]
-    lr_gamma: float
-    grad_clip: float | None
+    milestones: list[Int]
+    lr_gamma: Float
+    grad_clip: Float | None
     augment: Literal["crop_flip", "crop", "none"]
     device: Literal["auto", "cpu", "cuda"]
     bf16: bool
-    seed: int
-    threads: int | None
+    seed: Int
+    threads: Int | None
 
     def __post_init__(self) -> None:
         _check("train.epochs", self.epochs, self.epochs >= 1, ">= 1")
@@ -199,13 +235,15 @@ class TrainConfig:
 class EvaluateConfig:
     """``evaluate`` section: calibration bins, OOD threshold, shift study, serving reference."""
 
-    n_bins: int
-    batch_size: int
-    ood_tpr: float
-    corruptions: list[str]
-    severities: list[int]
-    shift_images: int | None
-    reference_edges: list[float]
+    __pydantic_config__ = STRICT_KEYS
+
+    n_bins: Int
+    batch_size: Int
+    ood_tpr: Float
+    corruptions: list[Str]
+    severities: list[Int]
+    shift_images: Int | None
+    reference_edges: list[Float]
 
     def __post_init__(self) -> None:
         _check("evaluate.n_bins", self.n_bins, self.n_bins >= 1, ">= 1")
@@ -228,12 +266,14 @@ class EvaluateConfig:
 class TunedRun:
     """A named study row with RankMixup settings found on the validation split."""
 
-    name: str
-    loss: str
-    weight: float
-    margin: float
-    alpha: float
-    num_mixes: int
+    __pydantic_config__ = STRICT_KEYS
+
+    name: Str
+    loss: Str
+    weight: Float
+    margin: Float
+    alpha: Float
+    num_mixes: Int
     mrl_mask: Literal["faithful", "per_sample"]
 
     def __post_init__(self) -> None:
@@ -252,10 +292,12 @@ class StudyConfig:
     study differs from the main run only in what is named here.
     """
 
-    max_train: int
-    epochs: int
+    __pydantic_config__ = STRICT_KEYS
+
+    max_train: Int
+    epochs: Int
     augment: Literal["crop_flip", "crop", "none"]
-    losses: list[str]
+    losses: list[Str]
     tuned: list[TunedRun]
 
     def __post_init__(self) -> None:
@@ -270,19 +312,21 @@ class StudyConfig:
 class ServeConfig:
     """``serve`` section: the HTTP service's limits, batching and drift window (``serving/``)."""
 
-    port: int
-    workers: int
-    batching: bool
-    max_batch_size: int
-    max_latency_ms: int
-    top_k: int
-    window: int
-    min_predictions: int
-    max_request_bytes: int
-    max_image_pixels: int
-    max_batch_items: int
-    max_concurrency: int
-    timeout_s: float
+    __pydantic_config__ = STRICT_KEYS
+
+    port: Int
+    workers: Int
+    batching: Bool
+    max_batch_size: Int
+    max_latency_ms: Int
+    top_k: Int
+    window: Int
+    min_predictions: Int
+    max_request_bytes: Int
+    max_image_pixels: Int
+    max_batch_items: Int
+    max_concurrency: Int
+    timeout_s: Float
 
     def __post_init__(self) -> None:
         _check("serve.port", self.port, 1 <= self.port <= 65535, "in 1..65535")
@@ -347,51 +391,126 @@ def load_section(params: dict[str, Any], name: str) -> Any:
 
 
 def parse_dataclass(cls: type[T], raw: Any, prefix: str) -> T:
-    """Build ``cls`` from a mapping, checking keys and value types strictly."""
+    """Build dataclass ``cls`` from a mapping with pydantic; any error is one :class:`ConfigError`
+    naming the key as ``prefix.key`` (``prefix.list[i].key`` inside lists) and the value.
+
+    Every problem pydantic finds of one kind is named (all unknown keys, all missing ones); a
+    type error or an impossible value stops at the first.
+    """
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix} must be a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    fields = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown key(s) {[f'{prefix}.{k}' for k in unknown]}; known: {fields}")
-    missing = [k for k in fields if k not in raw]
+    try:
+        return _adapter(cls).validate_python(raw)
+    except ValidationError as err:
+        raise _config_error(cls, prefix, err.errors()) from None
+
+
+@functools.cache
+def _adapter(cls: type[T]) -> TypeAdapter[T]:
+    return TypeAdapter(cls)
+
+
+# pydantic's strict type errors, as the Python type they expected.
+_TYPE_NAMES = {
+    "int_type": "int",
+    "float_type": "float",
+    "bool_type": "bool",
+    "string_type": "str",
+    "list_type": "list",
+}
+
+
+def _config_error(cls: type, prefix: str, errors: list[Any]) -> ConfigError:
+    """The first kind of problem in pydantic's ``errors``, worded as this module words it."""
+    # dataclasses report "unexpected_keyword_argument" / "missing_argument", models the others
+    extra = [e for e in errors if e["type"] in ("extra_forbidden", "unexpected_keyword_argument")]
+    if extra:
+        keys = [_key(prefix, e["loc"]) for e in extra]
+        return ConfigError(f"unknown key(s) {keys}; known: {_fields_at(cls, extra[0]['loc'])}")
+    missing = [e for e in errors if e["type"] in ("missing", "missing_argument")]
     if missing:
-        raise ConfigError(f"missing key(s) {[f'{prefix}.{k}' for k in missing]}")
-    values = {k: _coerce(f"{prefix}.{k}", raw[k], hints[k]) for k in fields}
-    return cls(**values)
+        return ConfigError(f"missing key(s) {[_key(prefix, e['loc']) for e in missing]}")
+    first = errors[0]
+    key, value = _key(prefix, first["loc"]), first.get("input")
+    if first["type"] == "value_error" and isinstance(first.get("ctx", {}).get("error"), Exception):
+        return ConfigError(str(first["ctx"]["error"]))  # a __post_init__ check: already worded
+    if first["type"] in _TYPE_NAMES:
+        return ConfigError(f"{key} must be of type {_TYPE_NAMES[first['type']]}, got {value!r}")
+    if first["type"] == "literal_error":
+        return ConfigError(f"{key} must be one of {first['ctx']['expected']}, got {value!r}")
+    if first["type"] in ("dataclass_type", "dataclass_exact_type", "dict_type"):
+        return ConfigError(f"{key} must be a mapping, got {value!r}")
+    return ConfigError(f"{key}: {first['msg']}, got {value!r}")
 
 
-# A number in exponent notation without a dot, which YAML 1.1 leaves a string: 1e-3, 5E+2.
-_YAML_FLOAT_STRING = re.compile(r"[-+]?\d+[eE][-+]?\d+")
+def _key(prefix: str, loc: tuple[Any, ...]) -> str:
+    """``prefix.a[0].b`` for pydantic's location ``("a", 0, "b")``."""
+    key = prefix
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return key
 
 
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(key, value, inner[0])
-    if origin is Literal:
-        _choice(key, value, args)
-        return value
-    if dataclasses.is_dataclass(hint):
-        return parse_dataclass(hint, value, key)  # type: ignore[arg-type]
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str) and _YAML_FLOAT_STRING.fullmatch(value.strip()):
-        # PyYAML follows YAML 1.1, which reads 1e-3 (no dot) as a string; it is a number.
-        return float(value)
-    # bool is an int subclass: refuse True where a number is expected and vice versa.
-    if not isinstance(value, hint) or (hint is not bool and isinstance(value, bool)):
-        raise ConfigError(f"{key} must be of type {hint.__name__}, got {value!r}")
-    return value
+def _fields_at(cls: type, loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the dataclass holding the key at ``loc`` (nested through lists)."""
+    current: Any = cls
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            current = typing.get_args(current)[0]  # list[X] -> X
+        else:
+            current = typing.get_type_hints(current, include_extras=False)[part]
+    if not dataclasses.is_dataclass(current):
+        return []
+    return [f.name for f in dataclasses.fields(current)]
+
+
+def params_schema() -> dict[str, Any]:
+    """The JSON schema of a params file (``params.schema.json``): every section's keys and types.
+
+    The keys, types and choices are the parser's own; the ranges and the relations between keys
+    (``__post_init__``) are checked when a section is loaded.
+    """
+    properties, definitions = {}, {}
+    for name, cls in SECTIONS.items():
+        section = _adapter(cls).json_schema()
+        definitions.update(section.pop("$defs", {}))
+        properties[name] = section
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "rankcal params.yaml",
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": False,
+        "$defs": definitions,
+    }
+
+
+def env_overrides(section: dict[str, Any], name: str, environ: Mapping[str, str]) -> dict[str, Any]:
+    """``section`` with each key overridden by the variable ``RANKCAL_<NAME>_<KEY>``.
+
+    For containers and Kubernetes, where mounting a params file is the hard way to change one
+    setting. The value is read as YAML, like the file (``8``, ``true``, ``null``, ``[1, 2]``), then
+    validated with the rest of the section; a variable naming no key is refused, so a typo never
+    passes silently.
+
+    Raises:
+        ConfigError: On a variable of the prefix that names no key, or one that is no YAML.
+    """
+    prefix = f"RANKCAL_{name.upper()}_"
+    out = dict(section)
+    for var, text in environ.items():
+        if not var.startswith(prefix):
+            continue
+        key = var[len(prefix) :].lower()
+        if key not in section:
+            raise ConfigError(
+                f"{var} names no {name} key; known: {[prefix + k.upper() for k in section]}"
+            )
+        try:
+            out[key] = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{var}={text!r} is no YAML value: {err}") from None
+    return out
 
 
 def _choice(key: str, value: Any, options: tuple[Any, ...]) -> None:

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pipeline.config import ConfigError, parse_dataclass
+from pipeline.config import STRICT_KEYS, ConfigError, Float, Int, Str, parse_dataclass
 from pipeline.drift import check_edges
 from pipeline.feature_norm import LEVELS, check_quantiles
 from pipeline.images import check_resize_policy
@@ -30,9 +30,11 @@ FEATURE_OUTPUT = "feature_norm"
 class ReferenceConfidence:
     """Histogram of calibrated top-1 confidence on the test set (``lo < c <= hi`` bins)."""
 
-    bin_edges: list[float]
-    counts: list[int]
-    mean: float
+    __pydantic_config__ = STRICT_KEYS
+
+    bin_edges: list[Float]
+    counts: list[Int]
+    mean: Float
 
     def __post_init__(self) -> None:
         try:
@@ -51,11 +53,13 @@ class InputReference:
     """Histograms of the input statistics (:mod:`pipeline.input_stats`) on the training split,
     counts per bin ``(edges[i], edges[i + 1]]``."""
 
-    edges: list[float]
-    mean: list[int]
-    contrast: list[int]
-    dark_share: list[int]
-    bright_share: list[int]
+    __pydantic_config__ = STRICT_KEYS
+
+    edges: list[Float]
+    mean: list[Int]
+    contrast: list[Int]
+    dark_share: list[Int]
+    bright_share: list[Int]
 
     def __post_init__(self) -> None:
         try:
@@ -82,8 +86,10 @@ class FeatureReference:
     """The training split's feature norms (:mod:`pipeline.feature_norm`): their deciles, and how
     many training images' ranks fall in each tenth of [0, 1] (the bins ``(i/10, (i+1)/10]``)."""
 
-    quantiles: list[float]
-    counts: list[int]
+    __pydantic_config__ = STRICT_KEYS
+
+    quantiles: list[Float]
+    counts: list[Int]
 
     def __post_init__(self) -> None:
         try:
@@ -109,19 +115,21 @@ class ModelCard:
     ``metrics/eval.json``.
     """
 
-    dataset: str
-    class_names: list[str]
-    image_shape: list[int]
-    resize: str
-    mean: list[float]
-    std: list[float]
-    temperature: float
-    ood_threshold: float
-    ood_tpr: float
+    __pydantic_config__ = STRICT_KEYS
+
+    dataset: Str
+    class_names: list[Str]
+    image_shape: list[Int]
+    resize: Str
+    mean: list[Float]
+    std: list[Float]
+    temperature: Float
+    ood_threshold: Float
+    ood_tpr: Float
     reference_confidence: ReferenceConfidence
-    test_accuracy: float
-    test_ece: float
-    model_version: str
+    test_accuracy: Float
+    test_ece: Float
+    model_version: Str
     # The score is_ood compares with ood_threshold (pipeline.ood_selection); cards written before
     # the score was chosen flagged by calibrated confidence, hence the default.
     ood_score: Literal["msp", "entropy", "energy"] = "msp"

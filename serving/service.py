@@ -31,7 +31,7 @@ from pydantic_core import PydanticCustomError
 from starlette.responses import Response
 
 from pipeline import __version__
-from pipeline.config import ServeConfig, load_section, read_params
+from pipeline.config import ConfigError, ServeConfig, env_overrides, load_section, read_params
 from pipeline.preprocessing import match_channels
 from serving import npy, request_timeout
 from serving.guard import BodyStep, RequestGuard, error_response
@@ -58,8 +58,15 @@ request_timeout.install()
 
 MODEL_PATH = Path(os.environ.get("RANKCAL_MODEL", "models/model.onnx"))
 PARAMS_PATH = Path(os.environ.get("RANKCAL_PARAMS", "params.yaml"))
-# Read at import: BentoML takes workers, port and batching from the class decorator.
-SERVE: ServeConfig = load_section(read_params(PARAMS_PATH), "serve")
+# Read at import: BentoML takes workers, port and batching from the class decorator. Each key
+# can be overridden by RANKCAL_SERVE_<KEY> (containers, Kubernetes), read as YAML and
+# validated with the file's.
+try:
+    _PARAMS = read_params(PARAMS_PATH)
+    _PARAMS["serve"] = env_overrides(_PARAMS.get("serve", {}), "serve", os.environ)
+    SERVE: ServeConfig = load_section(_PARAMS, "serve")
+except ConfigError as err:
+    raise SystemExit(f"rankcal: cannot serve: {err}") from None
 # Checked at import, which `bentoml serve` does before it starts any worker: a missing,
 # truncated or card-less model stops the server at once with one line naming the file, instead
 # of workers that fail in __init__ and are restarted forever.

@@ -9,7 +9,16 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, LossConfig, TrainConfig, load_section, read_params
+from pipeline.config import (
+    ConfigError,
+    LossConfig,
+    TrainConfig,
+    env_overrides,
+    load_section,
+    params_schema,
+    parse_dataclass,
+    read_params,
+)
 from tests.conftest import ROOT
 
 PARAMS = Path(__file__).parents[1] / "params.yaml"
@@ -149,3 +158,61 @@ def test_tuned_study_rows_parse_and_name_nested_keys(params: dict[str, Any]) -> 
     params["study"]["tuned"] = [{**row, "wieght": 1.0}]
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['study.tuned\[0\].wieght'\]"):
         load_section(params, "study")
+
+
+def test_env_overrides_read_yaml_values_and_refuse_unknown_names(params: dict[str, Any]) -> None:
+    serve = params["serve"]
+    env = {
+        "RANKCAL_SERVE_PORT": "8080",
+        "RANKCAL_SERVE_BATCHING": "false",
+        "RANKCAL_SERVE_TIMEOUT_S": "2.5",
+        "RANKCAL_MODEL": "other.onnx",  # another variable of the project: not a serve key
+        "HOME": "/root",
+    }
+    out = env_overrides(serve, "serve", env)
+    assert (out["port"], out["batching"], out["timeout_s"]) == (8080, False, 2.5)
+    assert out["window"] == serve["window"] and serve["port"] != 8080  # a copy, the rest kept
+    parsed = load_section({**params, "serve": out}, "serve")
+    assert parsed.port == 8080 and parsed.batching is False
+    with pytest.raises(ConfigError, match=r"RANKCAL_SERVE_PROT names no serve key"):
+        env_overrides(serve, "serve", {"RANKCAL_SERVE_PROT": "1"})
+    # validated like the file: a word where a number belongs names the key and the value
+    bad = env_overrides(serve, "serve", {"RANKCAL_SERVE_WORKERS": "two"})
+    with pytest.raises(ConfigError, match=r"serve\.workers must be of type int, got 'two'"):
+        load_section({**params, "serve": bad}, "serve")
+
+
+def test_schema_file_is_the_parsers_and_validates_params(params: dict[str, Any]) -> None:
+    import json
+
+    import jsonschema
+
+    schema = json.loads((ROOT / "params.schema.json").read_text())
+    assert schema == params_schema(), "params.schema.json is stale: run make params-schema"
+    assert (
+        (ROOT / "params.yaml")
+        .read_text()
+        .startswith("# yaml-language-server: $schema=params.schema.json\n")
+    )
+    jsonschema.Draft202012Validator(schema).validate(params)
+    for section, key, value in [
+        ("train", "learning_rate", 0.1),  # unknown key
+        ("train", "epochs", "ten"),  # wrong type
+        ("loss", "mixing", "cutout"),  # not a choice
+    ]:
+        bad = copy.deepcopy(params)
+        bad[section][key] = value
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.Draft202012Validator(schema).validate(bad)
+    bad = copy.deepcopy(params)
+    del bad["serve"]["port"]  # missing key
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft202012Validator(schema).validate(bad)
+
+
+def test_model_card_numbers_are_strict() -> None:
+    from pipeline.model_card import ReferenceConfidence
+
+    raw = {"bin_edges": [0.0, 0.5, 1.0], "counts": [1, "2"], "mean": 0.5}
+    with pytest.raises(ConfigError, match=r"card\.counts\[1\] must be of type int, got '2'"):
+        parse_dataclass(ReferenceConfidence, raw, "card")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 from tests.conftest import ROOT, SYSTEM_FASHION_MNIST, needs_fashion_mnist
 
 SCRIPT = ROOT / "bench" / "gpu_check.py"
-FORBIDDEN = ("dvc", "dvclive", "bentoml", "pydantic")
+FORBIDDEN = ("dvc", "dvclive", "bentoml")
 TINY = ["--device", "cpu", "--epochs", "1", "--max-train", "100", "--max-test", "100"]
 
 
@@ -114,3 +115,28 @@ def test_import_chain_pulls_in_no_training_logger_or_service() -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "FORBIDDEN []" in done.stdout, done.stdout
+
+
+def test_without_pydantic_or_its_wheels_the_script_says_how_to_fetch_them(tmp_path: Path) -> None:
+    """A bare CUDA image lacks pydantic (the params parser): the script installs the carried
+    wheels, and without them stops with one line naming the command that fetches them."""
+    blocker = tmp_path / "no_pydantic"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['pydantic'] = None\n")
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "PYTHONPATH": str(blocker),
+        "GPU_WHEELS": str(tmp_path / "no_wheels"),
+        "OUT": str(tmp_path / "out"),
+    }
+    done = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_check.sh"), *TINY],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "run bench/gpu_check.sh --fetch-wheels" in done.stderr
