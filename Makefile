@@ -71,8 +71,18 @@ bench-serve: setup
 # The preset's arguments first, then the run: a broken preset or a machine without a GPU
 # (FORCE=1 overrides) stops here, instead of `dvc exp run` starting with no arguments at all.
 repro-cifar10: setup
-	args=$$(python -m stages.preset --require-gpu presets/cifar10_resnet50.yaml) \
-		&& dvc exp run $$args
+	@# dvc exp run writes the preset into params.yaml and clears the stages' outputs as it goes:
+	@# when it fails (offline, no GPU memory, Ctrl-C), both go back as they were.
+	args=$$(python -m stages.preset --require-gpu presets/cifar10_resnet50.yaml) || exit $$?; \
+	mkdir -p .dvc/tmp && cp params.yaml .dvc/tmp/params.before-preset.yaml \
+		&& { [ ! -f dvc.lock ] || cp dvc.lock .dvc/tmp/dvc.lock.before-preset; }; \
+	dvc exp run $$args || { status=$$?; \
+		cp .dvc/tmp/params.before-preset.yaml params.yaml; \
+		[ ! -f .dvc/tmp/dvc.lock.before-preset ] || cp .dvc/tmp/dvc.lock.before-preset dvc.lock; \
+		dvc checkout --quiet || true; \
+		echo "repro-cifar10: the run failed ($$status); params.yaml, dvc.lock and the default" \
+			"pipeline's outputs are back as they were" >&2; \
+		exit $$status; }
 
 # The loss comparison study (params.yaml's `study` section, stages in study/dvc.yaml; one
 # stage per row, so only changed rows rerun). See README for its duration on 2 CPU cores.

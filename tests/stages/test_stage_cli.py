@@ -241,6 +241,46 @@ def test_make_repro_cifar10_never_runs_dvc_without_the_presets_arguments(
     assert not (tmp_path / "dvc.log").exists()
 
 
+def test_make_repro_cifar10_puts_params_and_outputs_back_when_the_run_fails(
+    tmp_path: Path,
+) -> None:
+    """Offline, `dvc exp run` fails after writing the preset into params.yaml and clearing the
+    data stage's output: the target restores params.yaml and dvc.lock and checks the outputs
+    out again, so the next `make repro` works."""
+    work = tmp_path / "project"
+    work.mkdir()
+    shutil.copy(ROOT / "Makefile", work)
+    (work / "params.yaml").write_text("mine: 1\n")
+    (work / "dvc.lock").write_text("lock: 1\n")
+    log = tmp_path / "dvc.log"
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "dvc").write_text(
+        "#!/bin/sh\n"
+        f'echo dvc "$@" >> {log}\n'
+        'if [ "$1" = exp ]; then echo "preset: 1" > params.yaml; echo "lock: 2" > dvc.lock;'
+        " exit 1; fi\n"
+    )
+    (fake_bin / "python").write_text("#!/bin/sh\necho '-S model.arch=resnet50'\n")
+    for tool in ("dvc", "python"):
+        (fake_bin / tool).chmod(0o755)
+    result = subprocess.run(
+        ["make", "-s", "-o", "setup", "repro-cifar10", f"PATH={fake_bin}:/usr/bin:/bin"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "back as they were" in result.stderr
+    assert (work / "params.yaml").read_text() == "mine: 1\n"
+    assert (work / "dvc.lock").read_text() == "lock: 1\n"
+    assert log.read_text().splitlines() == [
+        "dvc exp run -S model.arch=resnet50",
+        "dvc checkout --quiet",
+    ]
+
+
 def test_train_metrics_are_flat_and_in_percent() -> None:
     from pipeline.training import TrainResult
 
