@@ -76,7 +76,7 @@ _STATIC_MODE = "livemax"
 # window_stats() key -> per-process gauge (name, help)
 _WINDOW_GAUGES = {
     "mean_confidence": (
-        "rankcal_window_mean_confidence",
+        "rankcal_window_mean_confidence_ratio",
         "Mean calibrated top-1 confidence over this process's rolling window",
     ),
     "estimated_accuracy": (
@@ -88,7 +88,7 @@ _WINDOW_GAUGES = {
     "size": ("rankcal_window_size", "Predictions currently in the rolling window"),
 }
 _STATIC_HELP = {
-    "rankcal_reference_mean_confidence": "Reference (test set) mean calibrated confidence",
+    "rankcal_reference_mean_confidence_ratio": "Reference (test set) mean calibrated confidence",
     "rankcal_model_evaluation_accuracy_ratio": "Test-set accuracy of the served model",
     "rankcal_ood_threshold": (
         "OOD score (rankcal_model_info's ood_score) below which a prediction is flagged OOD"
@@ -268,12 +268,12 @@ class ServiceMetrics:
         )
         info.labels(card.model_version, provider, card.dataset, card.ood_score).set(1)
         fraction = gauge(
-            "rankcal_reference_bucket_fraction",
+            "rankcal_reference_bucket_ratio",
             "Reference (test set) fraction of predictions per confidence bin (lo, bin]",
             ["bin"],
         )
         cdf = gauge(
-            "rankcal_reference_cdf",
+            "rankcal_reference_cdf_ratio",
             "Reference fraction of predictions with confidence <= bin",
             ["bin"],
         )
@@ -283,7 +283,7 @@ class ServiceMetrics:
             fraction.labels(value).set(self._reference[i] / total)
             cdf.labels(value).set(cumulative[i])
         scalars = {
-            "rankcal_reference_mean_confidence": card.reference_confidence.mean,
+            "rankcal_reference_mean_confidence_ratio": card.reference_confidence.mean,
             "rankcal_model_evaluation_accuracy_ratio": card.test_accuracy / 100.0,  # card: percent
             "rankcal_ood_threshold": card.ood_threshold,
             "rankcal_window_capacity": self._window.capacity,
@@ -324,7 +324,7 @@ class ServiceMetrics:
             registry=reg,
         )
         fraction = prom.Gauge(
-            "rankcal_input_reference_fraction",
+            "rankcal_input_reference_ratio",
             "Training-split fraction of images per bin (lo, bin] of each input statistic",
             ["statistic", "bin"],
             registry=reg,

@@ -438,7 +438,7 @@ def test_service_drift_gauges_and_ood_counter_over_http(
         assert served_psi == pytest.approx(expected_psi, rel=1e-6, abs=1e-9)
         assert served_ks == pytest.approx(expected_ks, rel=1e-6, abs=1e-9)
         assert estimate == pytest.approx(expected_mean, rel=1e-6)
-        assert after.get("rankcal_window_mean_confidence") == estimate
+        assert after.get("rankcal_window_mean_confidence_ratio") == estimate
         ood = after.get("rankcal_ood_predictions_total") - before.get(
             "rankcal_ood_predictions_total"
         )
@@ -457,6 +457,6 @@ def test_service_drift_gauges_and_ood_counter_over_http(
             assert ood / WINDOW > thresholds().ood_ratio, phase.name
     final = Scrape.of(url)
     assert final.get("rankcal_confidence_count") == 3 * WINDOW
-    assert final.get("rankcal_reference_mean_confidence") == pytest.approx(
+    assert final.get("rankcal_reference_mean_confidence_ratio") == pytest.approx(
         card.reference_confidence.mean
     )

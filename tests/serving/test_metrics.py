@@ -111,7 +111,7 @@ def test_window_gauges_equal_pipeline_drift(metrics: ServiceMetrics, registry) -
     }
     assert metrics.window_stats() == pytest.approx(expected, rel=1e-12)
     gauges = {
-        "mean_confidence": "rankcal_window_mean_confidence",
+        "mean_confidence": "rankcal_window_mean_confidence_ratio",
         "estimated_accuracy": "rankcal_window_estimated_accuracy_ratio",
         "psi": "rankcal_window_psi",
         "ks": "rankcal_window_ks",
@@ -197,11 +197,11 @@ def test_empty_window_reads_nan(metrics: ServiceMetrics, registry) -> None:
 def test_reference_and_model_gauges_equal_the_card(metrics, registry) -> None:
     fractions = np.array(REFERENCE) / sum(REFERENCE)
     for le, fraction, cdf in zip(LE, fractions, np.cumsum(REFERENCE) / sum(REFERENCE), strict=True):
-        assert value(registry, "rankcal_reference_bucket_fraction", bin=le) == fraction
-        assert value(registry, "rankcal_reference_cdf", bin=le) == cdf
-    assert value(registry, "rankcal_reference_cdf", bin="1.0") == 1.0
+        assert value(registry, "rankcal_reference_bucket_ratio", bin=le) == fraction
+        assert value(registry, "rankcal_reference_cdf_ratio", bin=le) == cdf
+    assert value(registry, "rankcal_reference_cdf_ratio", bin="1.0") == 1.0
     assert value(registry, "rankcal_model_evaluation_accuracy_ratio") == 0.8  # card: 80 %
-    assert value(registry, "rankcal_reference_mean_confidence") == 0.85
+    assert value(registry, "rankcal_reference_mean_confidence_ratio") == 0.85
     assert value(registry, "rankcal_ood_threshold") == 0.4
     assert value(registry, "rankcal_window_capacity") == 10
     info = {"model_version": "v1-abc123", "provider": CPU, "dataset": "toy", "ood_score": "msp"}
@@ -227,7 +227,7 @@ def test_bin_labels_agree_with_the_histograms_le(params, registry) -> None:
     assert "1.0" in histogram
     counter = labels("rankcal_confidence_bin", "rankcal_confidence_bin_total", "bin")
     assert counter == histogram[:-1]
-    for name in ("rankcal_reference_bucket_fraction", "rankcal_reference_cdf"):
+    for name in ("rankcal_reference_bucket_ratio", "rankcal_reference_cdf_ratio"):
         assert labels(name, name, "bin") == histogram[:-1]
     # only the histogram carries le (promtool check metrics refuses it elsewhere)
     carrying_le = {s.name for f in families.values() for s in f.samples if "le" in s.labels}
@@ -395,7 +395,7 @@ def test_multiprocess_workers_sum_and_keep_every_metric(tmp_path: Path) -> None:
 
     # Static gauges: one series, no pid; a worker on another provider shows as its own series.
     assert samples("rankcal_model_evaluation_accuracy_ratio") == {(): 0.8}
-    assert samples("rankcal_reference_cdf")[(("bin", "0.99"),)] == 0.6
+    assert samples("rankcal_reference_cdf_ratio")[(("bin", "0.99"),)] == 0.6
     providers = {dict(k)["provider"] for k in samples("rankcal_model_info")}
     assert providers == {CPU, "CUDAExecutionProvider"}
 
@@ -424,7 +424,7 @@ def test_input_statistics_are_binned_on_the_cards_edges(registry) -> None:
     }
     for (statistic, upper), share in reference.items():
         labels = {"statistic": statistic, "bin": upper}
-        assert value(registry, "rankcal_input_reference_fraction", **labels) == share
+        assert value(registry, "rankcal_input_reference_ratio", **labels) == share
         assert value(registry, "rankcal_input_bin_total", **labels) == 0  # present from the start
     dark = np.zeros((2, 4, 4, 1), np.uint8)  # mean 0, all pixels dark
     bright = np.full((1, 4, 4, 1), 255, np.uint8)  # mean 1, all bright
@@ -453,7 +453,7 @@ def test_the_feature_norm_rank_is_counted_beside_the_input_statistics(registry) 
     card = dataclasses.replace(input_card(), feature_reference=features)
     m = ServiceMetrics(card, window=10, provider=CPU, registry=registry)
     fraction = {
-        b: value(registry, "rankcal_input_reference_fraction", statistic="feature_norm", bin=b)
+        b: value(registry, "rankcal_input_reference_ratio", statistic="feature_norm", bin=b)
         for b in ("0.1", "0.5", "1.0")
     }
     assert fraction == {"0.1": 1 / 12, "0.5": 1 / 12, "1.0": 3 / 12}
