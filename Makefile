@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export BENTOML_DO_NOT_TRACK := true
 
 .PHONY: setup system-data repro repro-cifar10 test lint bench-train bench-serve bench-folder bench-load study \
-	serving-requirements bento params-schema
+	serving-requirements bento params-schema k8s-rules
 
 setup: $(STAMP) system-data .dvc/plots-offline.html
 
@@ -124,3 +124,9 @@ bento: setup
 params-schema: setup
 	$(BIN)/python -c 'import json; from pipeline.config import params_schema; \
 		open("params.schema.json", "w").write(json.dumps(params_schema(), indent=2) + "\n")'
+
+# deploy/prometheusrule.yaml (Kubernetes, Prometheus Operator) from serving/prometheus/'s rule
+# files, the one source of the rules. Rerun after changing them (a test fails while stale).
+k8s-rules: setup
+	$(BIN)/python -c 'from pathlib import Path; from serving.prometheus_rule import write_prometheus_rule; \
+		write_prometheus_rule(Path("serving/prometheus"), Path("deploy/prometheusrule.yaml"))'
