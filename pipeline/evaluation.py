@@ -25,7 +25,7 @@ from pipeline.drift import bin_counts, psi
 from pipeline.feature_norm import STATISTIC as FEATURE_STAT
 from pipeline.feature_norm import norm_rank
 from pipeline.feature_norm import reference as feature_reference
-from pipeline.inference import final_linear, predict_outputs
+from pipeline.inference import final_linear, logits_from_input, predict_outputs
 from pipeline.input_stats import EDGES, atypical, input_statistics, reference_histograms
 from pipeline.input_stats import STATISTICS as INPUT_STATS
 from pipeline.metrics.calibration import calibration_report, expected_calibration_error
@@ -37,6 +37,8 @@ from pipeline.ood_selection import (
     score,
     synthetic_ood,
 )
+from pipeline.preprocessing import to_model_input
+from pipeline.ranking_check import check_ranking
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +129,7 @@ def evaluate(model: nn.Module, data: PreparedData, cfg: EvaluateConfig) -> Evalu
         "scaled": ood_report(test_logits / t, inverted / t),
     }
     metrics["shift"] = shift_study(outputs_of, data, cfg, t, input_reference, features)
+    metrics["ranking"] = ranking_hypothesis(model, data, cfg)
     metrics["validity"] = validity_evidence(metrics["shift"])
     synthetic = logits_of(synthetic_ood(val_images, seed=0))
     choice = choose_ood_score(val_logits / t, synthetic / t, cfg.ood_tpr)
@@ -176,6 +179,18 @@ def evaluate(model: nn.Module, data: PreparedData, cfg: EvaluateConfig) -> Evalu
 # Training images the input reference is binned on: a stratified sample is as good as all of
 # them for 20-bin histograms and keeps a large memory-mapped split from being read whole.
 _REFERENCE_IMAGES = 10_000
+
+
+def ranking_hypothesis(model: nn.Module, data: PreparedData, cfg: EvaluateConfig) -> dict:
+    """:func:`pipeline.ranking_check.check_ranking` on the test images the shift study uses
+    (``evaluate.shift_images``, stratified, seed 0): is the raw confidence above the mixed
+    copies', and are the copies ordered by their mixing coefficient?"""
+    images, labels = data.test.images, data.test.labels
+    if cfg.shift_images is not None and cfg.shift_images < len(labels):
+        keep = stratified_subset(labels, cfg.shift_images, seed=0)
+        images, labels = images[keep], labels[keep]
+    x = to_model_input(np.asarray(images), data.mean, data.std)
+    return check_ranking(lambda a: logits_from_input(model, a, cfg.batch_size), x, labels)
 
 
 def _feature_layer(model: nn.Module, data: PreparedData) -> nn.Module | None:
@@ -329,6 +344,9 @@ def summary(metrics: dict[str, Any]) -> dict[str, Any]:
         "temperature": metrics["temperature"]["temperature"],
         "ood_auroc": {name: ood["scaled"][chosen]["auroc"] for name, ood in metrics["ood"].items()},
     }
+    if "ranking" in metrics:  # the paper's hypothesis, measured (pipeline.ranking_check)
+        out["raw_above_mixed"] = metrics["ranking"]["raw_above_mixed"]
+        out["ranking_kendall_tau"] = metrics["ranking"]["kendall_tau"]
     errors = [
         row["estimation_error"]
         for name, levels in metrics.get("shift", {}).items()

@@ -63,6 +63,20 @@ def predict_outputs(
     return logits, torch.cat(norms).double().numpy()
 
 
+def logits_from_input(model: nn.Module, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """float64 logits of already-preprocessed float32 input ``x`` (N, C, H, W), e.g. mixed
+    images (eval mode, the model's device)."""
+    model.eval()
+    device = next(model.parameters()).device
+    outs = []
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size]))
+            batch = batch.to(device).contiguous(memory_format=torch.channels_last)
+            outs.append(model(batch).float().cpu())
+    return torch.cat(outs).double().numpy() if outs else np.zeros((0, 0))
+
+
 def feature_norm(features: torch.Tensor) -> torch.Tensor:
     """L2 norm of each item's features (all dimensions after the first), in float32."""
     return torch.linalg.vector_norm(features.float().flatten(1), dim=1)

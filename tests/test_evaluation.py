@@ -229,3 +229,14 @@ def test_summary_picks_the_figures_compared_between_runs() -> None:
         "ood_auroc": {"digits": 81.0, "noise": 61.0},  # the chosen score's (entropy)
         "shift_estimation_error": 4.0,  # median of 2, 10, 4
     }
+
+
+def test_evaluation_measures_the_ranking_hypothesis(evaluated: tuple[Any, Any, Path]) -> None:
+    ranking = evaluated[0].metrics["ranking"]
+    assert {"raw_above_mixed", "kendall_tau", "spearman", "pairs", "copies", "alpha"} <= set(
+        ranking
+    )
+    assert 0 <= ranking["raw_above_mixed"] <= 100 and -1 <= ranking["kendall_tau"] <= 1
+    assert ranking["pairs"] > 0
+    figures = summary(evaluated[0].metrics)
+    assert figures["raw_above_mixed"] == ranking["raw_above_mixed"]
