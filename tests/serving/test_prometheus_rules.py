@@ -241,3 +241,29 @@ def test_dashboard_queries_parse(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": queries}]}))
     result = promtool("check", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# Gauges whose values are no shares or probabilities: scores, counts, settings, the info series.
+NOT_RATIOS = {
+    "rankcal_window_psi",
+    "rankcal_window_ks",
+    "rankcal_ood_threshold",
+    "rankcal_window_size",
+    "rankcal_window_capacity",
+    "rankcal_min_predictions",
+    "rankcal_model_info",
+}
+
+
+def test_metric_names_follow_prometheus_conventions() -> None:
+    """Counters end in _total; every other gauge of ours is a share or probability in [0, 1]
+    and says so with _ratio (https://prometheus.io/docs/practices/naming/)."""
+    families = {f.name: f for f in exported_registry().collect() if f.name.startswith("rankcal")}
+    assert families
+    for name, family in families.items():
+        if family.type == "counter":
+            assert all(s.name.endswith(("_total", "_created")) for s in family.samples), name
+        elif family.type == "gauge" and name not in NOT_RATIOS:
+            assert name.endswith("_ratio"), f"{name}: a share or probability needs _ratio"
+            values = [s.value for s in family.samples if s.value == s.value]  # not NaN
+            assert all(0 <= v <= 1 for v in values), (name, values)
