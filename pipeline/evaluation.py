@@ -28,7 +28,11 @@ from pipeline.feature_norm import reference as feature_reference
 from pipeline.inference import final_linear, logits_from_input, predict_outputs
 from pipeline.input_stats import EDGES, atypical, input_statistics, reference_histograms
 from pipeline.input_stats import STATISTICS as INPUT_STATS
-from pipeline.metrics.calibration import calibration_report, expected_calibration_error
+from pipeline.metrics.calibration import (
+    calibration_report,
+    ece_interval,
+    expected_calibration_error,
+)
 from pipeline.metrics.ood import max_softmax, ood_report
 from pipeline.ood_selection import (
     SELECTION_SET,
@@ -109,6 +113,12 @@ def evaluate(model: nn.Module, data: PreparedData, cfg: EvaluateConfig) -> Evalu
             "raw": calibration_report(softmax(test_logits), labels, cfg.n_bins),
             "scaled": calibration_report(softmax(test_logits, t), labels, cfg.n_bins),
         },
+    }
+    # How much of an ECE difference the test set's size alone could make (bootstrap, 95%).
+    for name, temperature in (("raw", 1.0), ("scaled", t)):
+        low, high = ece_interval(softmax(test_logits, temperature), labels, cfg.n_bins)
+        metrics["test"][name]["ece_ci95"] = [100.0 * low, 100.0 * high]
+    metrics |= {
         "val": {
             "raw": calibration_report(softmax(val_logits), val_labels, cfg.n_bins),
             "scaled": calibration_report(softmax(val_logits, t), val_labels, cfg.n_bins),
@@ -344,6 +354,8 @@ def summary(metrics: dict[str, Any]) -> dict[str, Any]:
         "temperature": metrics["temperature"]["temperature"],
         "ood_auroc": {name: ood["scaled"][chosen]["auroc"] for name, ood in metrics["ood"].items()},
     }
+    if "ece_ci95" in test["scaled"]:  # the test set's bootstrap 95% interval of the ECE
+        out["ece_ci95_low"], out["ece_ci95_high"] = test["scaled"]["ece_ci95"]
     if "ranking" in metrics:  # the paper's hypothesis, measured (pipeline.ranking_check)
         out["raw_above_mixed"] = metrics["ranking"]["raw_above_mixed"]
         out["ranking_kendall_tau"] = metrics["ranking"]["kendall_tau"]

@@ -240,3 +240,12 @@ def test_evaluation_measures_the_ranking_hypothesis(evaluated: tuple[Any, Any, P
     assert ranking["pairs"] > 0
     figures = summary(evaluated[0].metrics)
     assert figures["raw_above_mixed"] == ranking["raw_above_mixed"]
+
+
+def test_test_ece_has_its_bootstrap_interval(evaluated: tuple[Any, Any, Path]) -> None:
+    test = evaluated[0].metrics["test"]
+    for name in ("raw", "scaled"):
+        low, high = test[name]["ece_ci95"]
+        assert low <= test[name]["ece"] <= high  # percent, like the ECE
+    figures = summary(evaluated[0].metrics)
+    assert [figures["ece_ci95_low"], figures["ece_ci95_high"]] == test["scaled"]["ece_ci95"]

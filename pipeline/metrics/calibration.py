@@ -11,6 +11,7 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -171,6 +172,65 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
     """
     weight, _, gap = _full_bins(reliability_bins(probs, labels, n_bins))
     return float(np.sum(weight * np.abs(gap)))
+
+
+def ece_interval(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    n_bins: int = 15,
+    *,
+    level: float = 0.95,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """A bootstrap confidence interval of :func:`expected_calibration_error`, as fractions.
+
+    The test images are resampled with replacement (percentile method, scipy's
+    ``stats.bootstrap``); each sample keeps its bin, so every resample's ECE is computed exactly
+    as the point estimate is. It says how much of an ECE difference the test set's finite size
+    alone could make; seeds and training noise are another matter.
+
+    Args:
+        probs: Probabilities (n, K).
+        labels: True classes (n,).
+        n_bins: Number of equal-width bins.
+        level: Confidence level of the interval.
+        resamples: Bootstrap resamples.
+        seed: Seeds the resampling.
+
+    References:
+        Efron & Tibshirani, "An Introduction to the Bootstrap", 1993 (percentile intervals).
+    """
+    from scipy import stats  # only here: the service imports this module and has no SciPy
+
+    probs, labels = _validate(probs, labels, n_bins)
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+    index, _ = _equal_width_index(confidence, n_bins)
+
+    def ece(bin_index: np.ndarray, conf: np.ndarray, hit: np.ndarray, axis: int = -1) -> Any:
+        # Vectorised over the leading axis scipy adds: one bincount over (resample, bin).
+        rows = bin_index.reshape(-1, bin_index.shape[-1]).astype(np.int64)
+        offset = rows + n_bins * np.arange(len(rows))[:, None]
+        size = len(rows) * n_bins
+        count = np.bincount(offset.ravel(), minlength=size).reshape(len(rows), n_bins)
+        conf_sum = np.bincount(offset.ravel(), conf.reshape(rows.shape).ravel(), minlength=size)
+        hit_sum = np.bincount(offset.ravel(), hit.reshape(rows.shape).ravel(), minlength=size)
+        gap = np.abs(conf_sum - hit_sum).reshape(len(rows), n_bins)  # n_b |conf_b - acc_b|
+        out = gap.sum(axis=1) / np.maximum(count.sum(axis=1), 1)
+        return out.reshape(bin_index.shape[:-1])
+
+    result = stats.bootstrap(
+        (index, confidence, correct),
+        ece,
+        paired=True,
+        vectorized=True,
+        n_resamples=resamples,
+        confidence_level=level,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def maximum_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:

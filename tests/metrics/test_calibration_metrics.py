@@ -16,6 +16,7 @@ from pipeline.metrics.calibration import (
     brier_score,
     calibration_report,
     classwise_calibration_error,
+    ece_interval,
     expected_calibration_error,
     maximum_calibration_error,
     negative_log_likelihood,
@@ -230,3 +231,32 @@ def test_validation_names_what_arrived(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         calibration_report(probs, labels, n_bins)
+
+
+def _synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 5, n)
+    logits = 1.5 * rng.normal(size=(n, 5))
+    logits[np.arange(n), labels] += 1.5
+    probs = np.exp(logits)
+    return probs / probs.sum(axis=1, keepdims=True), labels
+
+
+def test_ece_interval_of_identical_samples_is_the_point() -> None:
+    """Every resample of 50 copies of one sample (confidence 0.7, correct) has ECE 0.3."""
+    probs = np.tile([[0.7, 0.2, 0.1]], (50, 1))
+    labels = np.zeros(50, dtype=int)
+    low, high = ece_interval(probs, labels, 15, resamples=200)
+    assert low == pytest.approx(0.3) and high == pytest.approx(0.3)
+
+
+def test_ece_interval_holds_the_estimate_and_narrows_with_more_images() -> None:
+    small, large = _synthetic(400, 0), _synthetic(8000, 0)
+    intervals = {}
+    for name, (probs, labels) in {"small": small, "large": large}.items():
+        low, high = ece_interval(probs, labels, 15, resamples=500, seed=3)
+        assert low <= expected_calibration_error(probs, labels, 15) <= high
+        assert (low, high) == ece_interval(probs, labels, 15, resamples=500, seed=3)  # seeded
+        intervals[name] = high - low
+    # the width of a bootstrap interval shrinks like 1 / sqrt(n): 20x the images, ~4.5x narrower
+    assert intervals["large"] < intervals["small"] / 2.5
