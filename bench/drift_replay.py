@@ -21,11 +21,8 @@ The report (markdown) goes to stdout.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import subprocess
 import sys
-import time
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,6 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 if not __package__:  # run as ``python bench/drift_replay.py``
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.servers import ROOT, SERVICE, free_port, start_server, wait_ready, write_params
 from pipeline.data import load_prepared
 from pipeline.data.corruptions import corrupt
 from pipeline.data.split import stratified_subset
@@ -48,7 +46,6 @@ from pipeline.model_card import METADATA_KEY, ModelCard
 from pipeline.preprocessing import to_model_input
 from serving.npy import npy_bytes
 
-ROOT = Path(__file__).resolve().parents[1]
 VALID_BELOW = 0.25  # rankcal:estimate_valid:5m's threshold on the excess PSI
 OOD_SHARE = 0.2  # ... and on the OOD share
 
@@ -88,58 +85,55 @@ def offline_false_alarms(model: Path, images: np.ndarray, draws: int) -> list[st
 
 def live_rotations(model: Path, images: np.ndarray, labels: np.ndarray) -> list[str]:
     """Table rows: each stream sent to a real service, read back from its /metrics."""
-    port = _free_port()
-    env = {**os.environ, "RANKCAL_MODEL": str(model), "RANKCAL_SERVE_PORT": str(port)}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["RANKCAL_SERVE_WORKERS"] = "1"
-    bentoml = str(Path(sys.executable).parent / "bentoml")
-    server = subprocess.Popen(
-        [bentoml, "serve", "serving.service:ImageClassifier"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+    with tempfile.TemporaryDirectory() as folder:
+        port = free_port()
+        dest = Path(folder) / "params.yaml"
+        params = write_params(ROOT / "params.yaml", dest, port=port, workers=1)
+        server = start_server("service", SERVICE, model, params, port)
+        try:
+            wait_ready(server)
+            return [_stream_row(server.url, *stream, labels) for stream in _streams(images)]
+        finally:
+            server.stop()
+
+
+def _streams(images: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    streams = [("test images", images)]
+    for level in (3, 4, 5):
+        streams.append(
+            (f"rotated, severity {level}", corrupt(images, "rotation", level, seed=level))
+        )
+    return streams
+
+
+def _stream_row(url: str, name: str, batch: np.ndarray, labels: np.ndarray) -> str:
+    """Send ``batch`` as one .npy request; its row from the answers and the /metrics deltas."""
+    before, reference = _scrape(url)
+    answer = httpx.post(
+        f"{url}/classify_batch",
+        content=npy_bytes(batch),
+        headers={"Content-Type": "application/x-npy"},
+        timeout=120,
     )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(url, server)
-        rows = []
-        streams = [("test images", images)]
-        streams += [
-            (f"rotated, severity {s}", corrupt(images, "rotation", s, seed=s)) for s in (3, 4, 5)
-        ]
-        for name, batch in streams:
-            before, reference = _scrape(url)
-            answer = httpx.post(
-                f"{url}/classify_batch",
-                content=npy_bytes(batch),
-                headers={"Content-Type": "application/x-npy"},
-                timeout=120,
-            )
-            answer.raise_for_status()
-            after, _ = _scrape(url)
-            preds = answer.json()["predictions"]
-            accuracy = np.mean([p["class_index"] == y for p, y in zip(preds, labels, strict=True)])
-            estimate = np.mean([p["confidence"] for p in preds])
-            ood = np.mean([p["is_ood"] for p in preds])
-            by = {}
-            for statistic in sorted({s for s, _ in reference}):
-                bins = sorted((b for s, b in reference if s == statistic), key=float)
-                live = [after[(statistic, b)] - before.get((statistic, b), 0.0) for b in bins]
-                by[statistic] = psi(live, [reference[(statistic, b)] for b in bins])
-            pixels = max(v for k, v in by.items() if k != FEATURE)
-            excess = max(by.values()) - (len(EDGES) - 2) / len(batch)
-            valid = excess < VALID_BELOW and ood < OOD_SHARE
-            rows.append(
-                f"| {name} | {100 * accuracy:.1f} | {100 * estimate:.1f} | {pixels:.3f} | "
-                f"{by.get(FEATURE, float('nan')):.3f} | {excess:.3f} | {100 * ood:.1f}% | "
-                f"{'yes' if valid else 'no'} |"
-            )
-        return rows
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+    answer.raise_for_status()
+    after, _ = _scrape(url)
+    preds = answer.json()["predictions"]
+    accuracy = np.mean([p["class_index"] == y for p, y in zip(preds, labels, strict=True)])
+    estimate = np.mean([p["confidence"] for p in preds])
+    ood = np.mean([p["is_ood"] for p in preds])
+    by = {}
+    for statistic in sorted({s for s, _ in reference}):
+        bins = sorted((b for s, b in reference if s == statistic), key=float)
+        live = [after[(statistic, b)] - before.get((statistic, b), 0.0) for b in bins]
+        by[statistic] = psi(live, [reference[(statistic, b)] for b in bins])
+    pixels = max(v for k, v in by.items() if k != FEATURE)
+    excess = max(by.values()) - (len(EDGES) - 2) / len(batch)
+    valid = excess < VALID_BELOW and ood < OOD_SHARE
+    return (
+        f"| {name} | {100 * accuracy:.1f} | {100 * estimate:.1f} | {pixels:.3f} | "
+        f"{by.get(FEATURE, float('nan')):.3f} | {excess:.3f} | {100 * ood:.1f}% | "
+        f"{'yes' if valid else 'no'} |"
+    )
 
 
 def _scrape(url: str) -> tuple[dict, dict]:
@@ -152,28 +146,6 @@ def _scrape(url: str) -> tuple[dict, dict]:
             elif s.name == "rankcal_input_reference_ratio":
                 reference[key] = s.value
     return counts, reference
-
-
-def _wait_ready(url: str, server: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"the service exited with {server.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit("the service was not ready within 180 s")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

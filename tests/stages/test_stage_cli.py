@@ -218,23 +218,32 @@ def test_the_gpu_recipe_refuses_to_start_without_a_gpu_unless_forced(
     assert "-S model.arch=" in capsys.readouterr().out
 
 
+def make_repro_cifar10(cwd: Path, fake_bin: Path, **tools: str) -> subprocess.CompletedProcess:
+    """``make repro-cifar10`` in ``cwd`` (set-up skipped) with ``tools`` (name: shell body) as
+    the only ``dvc``/``python`` on PATH."""
+    fake_bin.mkdir()
+    for name, body in tools.items():
+        (fake_bin / name).write_text(f"#!/bin/sh\n{body}\n")
+        (fake_bin / name).chmod(0o755)
+    return subprocess.run(
+        ["make", "-s", "-o", "setup", "repro-cifar10", f"PATH={fake_bin}:/usr/bin:/bin"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_make_repro_cifar10_never_runs_dvc_without_the_presets_arguments(
     tmp_path: Path,
 ) -> None:
     """With the preset refused, the make target must fail before `dvc exp run`, which
     without arguments would run the default pipeline as an experiment."""
-    fake_bin = tmp_path / "bin"
-    fake_bin.mkdir()
-    (fake_bin / "dvc").write_text(f'#!/bin/sh\necho dvc "$@" >> {tmp_path / "dvc.log"}\n')
-    (fake_bin / "dvc").chmod(0o755)
-    (fake_bin / "python").write_text("#!/bin/sh\necho 'preset: refused' >&2\nexit 2\n")
-    (fake_bin / "python").chmod(0o755)
-    result = subprocess.run(
-        ["make", "-s", "-o", "setup", "repro-cifar10", f"PATH={fake_bin}:/usr/bin:/bin"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = make_repro_cifar10(
+        ROOT,
+        tmp_path / "bin",
+        dvc=f'echo dvc "$@" >> {tmp_path / "dvc.log"}',
+        python="echo 'preset: refused' >&2\nexit 2",
     )
     assert result.returncode != 0
     assert "preset: refused" in result.stderr
@@ -253,23 +262,13 @@ def test_make_repro_cifar10_puts_params_and_outputs_back_when_the_run_fails(
     (work / "params.yaml").write_text("mine: 1\n")
     (work / "dvc.lock").write_text("lock: 1\n")
     log = tmp_path / "dvc.log"
-    fake_bin = tmp_path / "bin"
-    fake_bin.mkdir()
-    (fake_bin / "dvc").write_text(
-        "#!/bin/sh\n"
-        f'echo dvc "$@" >> {log}\n'
+    result = make_repro_cifar10(
+        work,
+        tmp_path / "bin",
+        dvc=f'echo dvc "$@" >> {log}\n'
         'if [ "$1" = exp ]; then echo "preset: 1" > params.yaml; echo "lock: 2" > dvc.lock;'
-        " exit 1; fi\n"
-    )
-    (fake_bin / "python").write_text("#!/bin/sh\necho '-S model.arch=resnet50'\n")
-    for tool in ("dvc", "python"):
-        (fake_bin / tool).chmod(0o755)
-    result = subprocess.run(
-        ["make", "-s", "-o", "setup", "repro-cifar10", f"PATH={fake_bin}:/usr/bin:/bin"],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=60,
+        " exit 1; fi",
+        python="echo '-S model.arch=resnet50'",
     )
     assert result.returncode != 0
     assert "back as they were" in result.stderr
