@@ -8,6 +8,7 @@ than the small CNN's forward pass.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -60,49 +61,99 @@ class MappedImages:
         return torch.from_numpy(batch).to(self.device)
 
 
+@dataclass(frozen=True)
+class CropFlip:
+    """One batch's random crop offsets (and flips), drawn once for the whole batch.
+
+    Drawing them for the global batch and applying a rank's rows of them gives each image the
+    same augmentation whether one process trains or several share the batch.
+    """
+
+    pad: int
+    dy: Tensor
+    dx: Tensor
+    flipped: Tensor | None
+
+    @classmethod
+    def draw(cls, n: int, pad: int, flip: bool, generator: torch.Generator) -> CropFlip:
+        """Offsets in ``[0, 2 * pad]`` for ``n`` images, and a coin per image when ``flip``."""
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+        flipped = torch.rand(n, generator=generator) < 0.5 if flip else None
+        return cls(pad, dy, dx, flipped)
+
+    def rows(self, rows: slice) -> CropFlip:
+        """The draws of the batch rows ``rows``."""
+        flipped = None if self.flipped is None else self.flipped[rows]
+        return CropFlip(self.pad, self.dy[rows], self.dx[rows], flipped)
+
+    def apply(self, images: Tensor) -> Tensor:
+        """Zero-pad a uint8 NHWC batch by ``pad`` and cut each image at its offsets."""
+        _, h, w, _ = images.shape
+        padded = F.pad(images, (0, 0, self.pad, self.pad, self.pad, self.pad))
+        rows = (self.dy[:, None] + torch.arange(h)).to(images.device)
+        cols = (self.dx[:, None] + torch.arange(w)).to(images.device)
+        if self.flipped is not None:
+            cols = torch.where(self.flipped.to(images.device)[:, None], cols.flip(1), cols)
+        batch_idx = torch.arange(len(images), device=images.device)[:, None, None]
+        return padded[batch_idx, rows[:, :, None], cols[:, None, :]]
+
+
 def random_crop_flip(images: Tensor, pad: int, flip: bool, generator: torch.Generator) -> Tensor:
     """Zero-padded random crop (and optional horizontal flip) of a uint8 NHWC batch.
 
     Equivalent to torchvision's ``RandomCrop(size, padding=pad)`` and ``RandomHorizontalFlip``
     applied per sample, vectorised over the batch.
     """
-    b, h, w, _ = images.shape
-    padded = F.pad(images, (0, 0, pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    rows = (dy[:, None] + torch.arange(h)).to(images.device)
-    cols = (dx[:, None] + torch.arange(w)).to(images.device)
-    if flip:
-        flipped = torch.rand(b, generator=generator) < 0.5
-        cols = torch.where(flipped.to(images.device)[:, None], cols.flip(1), cols)
-    batch_idx = torch.arange(b, device=images.device)[:, None, None]
-    return padded[batch_idx, rows[:, :, None], cols[:, None, :]]
+    return CropFlip.draw(len(images), pad, flip, generator).apply(images)
 
 
-def iterate_batches(
+def training_batches(
     images: Tensor | MappedImages,
     labels: Tensor,
     batch_size: int,
-    generator: torch.Generator | None = None,
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield ``(images, labels)`` batches, shuffled when a generator is given.
+    generator: torch.Generator,
+    *,
+    crop: tuple[int, bool] | None = None,
+    shard: slice = slice(None),
+    min_size: int = 2,
+) -> Iterator[tuple[Tensor, Tensor, float]]:
+    """Shuffled, augmented training batches, or one rank's rows of each.
 
-    A final batch of one sample is dropped when shuffling: BatchNorm cannot train on it.
+    Every rank draws the same permutation and crops from the same seeded ``generator`` and
+    keeps the rows ``shard`` of each global batch, so the ranks' rows together are exactly the
+    batches one process would train on.
+
+    Args:
+        images: uint8 NHWC training images.
+        labels: Their labels.
+        batch_size: Rows of a global batch.
+        generator: Seeded source of the order and the crops; identical on every rank.
+        crop: ``(pad, flip)`` of the random crop, or None for no augmentation.
+        shard: Which rows of each global batch to yield.
+        min_size: A final global batch smaller than this is dropped (BatchNorm and mixing
+            need at least two images, per rank when several share the batch).
+
+    Yields:
+        ``(images, labels, share)``: the rows, and their share of the global batch's rows.
     """
-    n = len(images)
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    for start in range(0, n, batch_size):
+    order = torch.randperm(len(images), generator=generator)
+    for start in range(0, len(images), batch_size):
         idx = order[start : start + batch_size]
-        if generator is not None and len(idx) < 2:
+        if len(idx) < min_size:
             break
-        idx = idx.to(images.device)
-        yield images[idx], labels[idx]
+        draws = CropFlip.draw(len(idx), crop[0], crop[1], generator) if crop else None
+        mine = idx[shard].to(images.device)
+        batch = images[mine]
+        if draws is not None:
+            batch = draws.rows(shard).apply(batch)
+        yield batch, labels[mine], len(mine) / len(idx)
 
 
-def num_batches(n: int, batch_size: int) -> int:
-    """Number of training batches :func:`iterate_batches` yields for ``n`` samples."""
+def num_batches(n: int, batch_size: int, min_size: int = 2) -> int:
+    """Number of batches :func:`training_batches` yields for ``n`` samples."""
     full, rest = divmod(n, batch_size)
-    return full + int(rest >= 2)
+    return full + int(rest >= min_size)
 
 
 def as_tensors(

@@ -209,9 +209,13 @@ class TrainConfig:
     bf16: bool
     seed: Int
     threads: Int | None
+    nproc_per_node: Int
+    sync_batchnorm: Bool
 
     def __post_init__(self) -> None:
         _check("train.epochs", self.epochs, self.epochs >= 1, ">= 1")
+        ok = self.nproc_per_node >= 1
+        _check("train.nproc_per_node", self.nproc_per_node, ok, ">= 1")
         _check("train.batch_size", self.batch_size, self.batch_size >= 2, ">= 2")
         _check("train.lr", self.lr, self.lr > 0, "> 0")
         ok = 0 < self.backbone_lr_scale <= 1

@@ -1,9 +1,15 @@
-"""The training loop: seeded, resumable, channels-last, on CPU or CUDA (with bf16 autocast).
+"""The training loop: seeded, resumable, channels-last, on CPU or CUDA (with bf16 autocast),
+in one process or data-parallel over several (torchrun, DDP).
 
 Checkpoints: ``last.pt`` after every epoch (resume point) and ``best.pt`` at the best
 validation accuracy (the model evaluated and exported). A rerun with the same configuration
 resumes after the last finished epoch; every epoch's randomness is derived from
 ``(seed, epoch)``, so a resumed run ends with the same weights as an uninterrupted one.
+
+Several processes (see :mod:`pipeline.distributed`) split each global batch of
+``train.batch_size`` images between them and average their gradients (DDP), so the learning
+rate keeps its meaning. Each mixes within its own rows. Rank 0 alone validates and writes
+checkpoints and logs; the others wait for it at the next step.
 """
 
 from __future__ import annotations
@@ -28,14 +34,20 @@ from pipeline.batches import (
     MappedImages,
     Normalizer,
     as_tensors,
-    iterate_batches,
     num_batches,
-    random_crop_flip,
+    training_batches,
 )
 from pipeline.calibration import softmax
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.config import ConfigError, LossConfig, ModelConfig, TrainConfig
 from pipeline.data.prepared import PreparedData
+from pipeline.distributed import (
+    ALONE,
+    Ranks,
+    broadcast_from_main,
+    mean_over_ranks,
+    synchronise_batchnorm,
+)
 from pipeline.inference import predict_logits
 from pipeline.metrics.calibration import expected_calibration_error
 from pipeline.models import MixableNet, build_model, param_groups
@@ -88,11 +100,19 @@ def source_digest() -> str:
 
 
 def fingerprint(
-    data: PreparedData, model: ModelConfig, loss: LossConfig, train: TrainConfig
+    data: PreparedData,
+    model: ModelConfig,
+    loss: LossConfig,
+    train: TrainConfig,
+    world_size: int = 1,
 ) -> str:
     """Hash of everything that shapes the weights; a checkpoint resumes only a matching run."""
-    ignored = {"device", "threads"}  # where a run executes does not change what it computes
+    # Where a run executes does not change what it computes; how many processes share the batch
+    # does (each mixes within its own rows), and it is the world size that counts, however
+    # torchrun was asked for it.
+    ignored = {"device", "threads", "nproc_per_node"}
     payload = {
+        "world_size": world_size,
         "code": source_digest(),
         "data": [data.dataset, len(data.train_idx), len(data.val_idx), data.mean, data.std],
         "model": dataclasses.asdict(model),
@@ -111,6 +131,7 @@ def train(
     *,
     log_epoch: EpochLog | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
+    ranks: Ranks = ALONE,
 ) -> TrainResult:
     """Train a model on ``data`` and keep its best-validation-accuracy checkpoint.
 
@@ -122,14 +143,25 @@ def train(
         checkpoint_dir: Holds ``last.pt`` (resume point) and ``best.pt``.
         log_epoch: Called with ``(epoch, metrics)`` after each epoch (e.g. dvclive).
         on_epoch_end: Called with the finished epoch number after its checkpoint is saved.
+        ranks: This process's place when several train together (their process group must be
+            up, see :func:`pipeline.distributed.process_group`); only rank 0 validates, calls
+            ``log_epoch`` and ``on_epoch_end`` and writes to ``checkpoint_dir``.
 
     Returns:
-        A summary of the run.
+        A summary of the run; on ranks other than 0 it holds the training losses only.
+
+    Raises:
+        ConfigError: If a global batch cannot give every rank two images.
     """
+    if cfg.batch_size < 2 * ranks.world_size:
+        raise ConfigError(
+            f"train.batch_size {cfg.batch_size} is too small for {ranks.world_size} processes: "
+            f"each needs at least 2 images of every batch"
+        )
     started = time.perf_counter()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    device = select_device(cfg.device)
+    device = ranks.device(select_device(cfg.device))
     torch.manual_seed(cfg.seed)
     height, width, channels = data.image_shape
     model = build_model(
@@ -140,6 +172,8 @@ def train(
     )
     # channels-last is faster on CUDA and, measured on a 2-core CPU, ~2x faster there too.
     model.to(device, memory_format=torch.channels_last)
+    if ranks.distributed and cfg.sync_batchnorm:
+        model = synchronise_batchnorm(model, device)
     optimizer = torch.optim.SGD(
         param_groups(model, cfg.lr, cfg.backbone_lr_scale),
         lr=cfg.lr,
@@ -156,14 +190,19 @@ def train(
         "mean": data.mean,
         "std": data.std,
         "dataset": data.dataset,
-        "fingerprint": fingerprint(data, model_cfg, loss_cfg, cfg),
+        "fingerprint": fingerprint(data, model_cfg, loss_cfg, cfg, ranks.world_size),
     }
-    state = _resume(checkpoint_dir / "last.pt", meta["fingerprint"], model, optimizer, scheduler)
+    # Rank 0 reads the resume point and hands it to the others: they may not see its disk.
+    saved = broadcast_from_main(
+        _saved_state(checkpoint_dir / "last.pt", meta["fingerprint"]) if ranks.is_main else None,
+        ranks,
+    )
+    state = _resume(saved, model, optimizer, scheduler)
     resumed_from = state["epoch"]
     # Seconds the earlier, interrupted runs of this training spent up to their last saved epoch:
     # the reported time is the whole training's, not this process's.
     carried = float(state.get("seconds", 0.0))
-    if log_epoch is not None:  # replay so a fresh log directory still holds every epoch
+    if log_epoch is not None and ranks.is_main:  # replay: a fresh log directory has every epoch
         for row in state["history"]:
             log_epoch(int(row["epoch"]), row)
 
@@ -171,9 +210,14 @@ def train(
     val_images = data.train.images[data.val_idx]
     val_labels = data.train.labels[data.val_idx]
     normalize = Normalizer(data.mean, data.std, device)
+    step = _step_function(model, loss_cfg, device, ranks)
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
-        parts = _train_epoch(model, optimizer, x_train, y_train, normalize, loss_cfg, cfg, epoch)
+        parts = _train_epoch(step, model, optimizer, x_train, y_train, normalize, cfg, epoch, ranks)
         scheduler.step()
+        if not ranks.is_main:
+            state["history"].append({"epoch": float(epoch), **parts})
+            state["epoch"] = epoch
+            continue
         probs = softmax(predict_logits(model, val_images, data.mean, data.std, batch_size=512))
         row = {
             "epoch": float(epoch),
@@ -231,49 +275,88 @@ def _physical_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+class _Objective(nn.Module):
+    """The model and its loss as one module, so that one call is one forward pass for DDP.
+
+    DDP synchronises gradients through its wrapper's forward, and the ranking losses call the
+    model's ``features`` and ``head_from``, not its forward: wrapped this way, DDP sees the
+    whole objective.
+    """
+
+    def __init__(self, model: MixableNet, cfg: LossConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return compute_loss(self.model, x, y, self.cfg, rng)
+
+
+def _step_function(
+    model: MixableNet, cfg: LossConfig, device: torch.device, ranks: Ranks
+) -> nn.Module:
+    objective = _Objective(model, cfg)
+    if not ranks.distributed:
+        return objective
+    # Every parameter takes part in every loss, so DDP needs no search for unused ones.
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(objective, device_ids=ids)
+
+
 def _train_epoch(
+    step: nn.Module,
     model: MixableNet,
     optimizer: torch.optim.Optimizer,
     images: torch.Tensor | MappedImages,
     labels: torch.Tensor,
     normalize: Normalizer,
-    loss_cfg: LossConfig,
     cfg: TrainConfig,
     epoch: int,
+    ranks: Ranks,
 ) -> dict[str, float]:
-    """One pass over the training split; returns the mean of each loss part."""
-    model.train()
+    """One pass over the training split; returns the mean of each loss part (over ranks)."""
+    step.train()
     device = images.device
     # Every source of randomness is a function of (seed, epoch): resuming replays it exactly.
-    torch.manual_seed(cfg.seed * 100_003 + epoch)
+    # The order and the crops are the same on every rank (each takes its rows of the batch);
+    # dropout and the mixing differ per rank, as each mixes within its own rows.
+    torch.manual_seed(cfg.seed * 100_003 + epoch + 7_919 * ranks.rank)
     generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-    rng = np.random.default_rng([cfg.seed, epoch])
+    rng = np.random.default_rng([cfg.seed, epoch, *([ranks.rank] if ranks.distributed else [])])
+    crop = None if cfg.augment == "none" else (4, cfg.augment == "crop_flip")
+    min_size = 2 * ranks.world_size
     totals: dict[str, float] = {}
-    steps = num_batches(len(images), cfg.batch_size)
+    steps = num_batches(len(images), cfg.batch_size, min_size)
+    batches = training_batches(
+        images, labels, cfg.batch_size, generator, crop=crop, shard=ranks.shard(), min_size=min_size
+    )
     bar = tqdm(
-        iterate_batches(images, labels, cfg.batch_size, generator),
+        batches,
         total=steps,
         desc=f"epoch {epoch}/{cfg.epochs}",
         leave=False,
-        disable=None,
+        disable=None if ranks.is_main else True,
     )
-    for batch, y in bar:
-        if cfg.augment != "none":
-            batch = random_crop_flip(
-                batch, pad=4, flip=cfg.augment == "crop_flip", generator=generator
-            )
+    for batch, y, share in bar:
         x = normalize(batch).contiguous(memory_format=torch.channels_last)
         with _autocast(device, enabled=cfg.bf16 and device.type == "cuda"):
-            loss, parts = compute_loss(model, x, y, loss_cfg, rng)
+            loss, parts = step(x, y, rng)
+        # DDP averages the ranks' gradients; weighting each rank's mean loss by its share of the
+        # batch makes that the gradient of the global batch's mean when the rows do not split
+        # evenly (a final, smaller batch).
+        scale = share * ranks.world_size
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if scale == 1 else loss * scale).backward()
         if cfg.grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         for key, value in {"loss": loss.detach(), **parts}.items():
             totals[key] = totals.get(key, 0.0) + float(value)
         bar.set_postfix(loss=f"{totals['loss'] / max(bar.n, 1):.3f}", refresh=False)
-    return {f"train_{k}": v / steps for k, v in totals.items()}
+    means = mean_over_ranks(torch.tensor([totals[k] / steps for k in totals]), ranks)
+    return {f"train_{k}": float(v) for k, v in zip(totals, means, strict=True)}
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Any:
@@ -282,20 +365,32 @@ def _scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Any:
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.milestones, gamma=cfg.lr_gamma)
 
 
-def _resume(
-    path: Path, expected: str, model: nn.Module, optimizer: Any, scheduler: Any
-) -> dict[str, Any]:
-    fresh = {"epoch": 0, "best_val_accuracy": -1.0, "best_epoch": 0, "history": [], "seconds": 0.0}
+def _saved_state(path: Path, expected: str) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` if it was written by this configuration, else None."""
     if not path.exists():
-        return fresh
+        return None
     ckpt = load_checkpoint(path)
     if ckpt["meta"]["fingerprint"] != expected:
         logger.warning("ignoring %s: it was written by a run with other parameters or code", path)
-        return fresh
+        return None
+    logger.info("resuming from %s after epoch %d", path, ckpt["epoch"])
+    return ckpt
+
+
+def _resume(
+    ckpt: dict[str, Any] | None, model: nn.Module, optimizer: Any, scheduler: Any
+) -> dict[str, Any]:
+    if ckpt is None:
+        return {
+            "epoch": 0,
+            "best_val_accuracy": -1.0,
+            "best_epoch": 0,
+            "history": [],
+            "seconds": 0.0,
+        }
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
-    logger.info("resuming from %s after epoch %d", path, ckpt["epoch"])
     return {"epoch": ckpt["epoch"], **ckpt["extra"]}
 
 

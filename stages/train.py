@@ -1,19 +1,28 @@
 """DVC stage `train`: train a classifier on the prepared data; resumable from its checkpoint.
 
 Reads the ``model``, ``loss`` and ``train`` params sections; writes the best checkpoint,
-the resume checkpoints, training metrics and dvclive's per-epoch plots.
+the resume checkpoints, training metrics and dvclive's per-epoch plots. With
+``train.nproc_per_node`` above 1 it starts itself again under torchrun, once per process;
+started by torchrun (by itself or by hand, on several machines), it trains as one rank of the
+group, and only rank 0 writes.
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
+import os
 import shutil
+import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from dvclive import Live
-from pipeline.config import ConfigError, load_section
-from pipeline.data import DataError, load_prepared
+from pipeline.config import ConfigError, LossConfig, ModelConfig, TrainConfig, load_section
+from pipeline.data import DataError, PreparedData, load_prepared
+from pipeline.distributed import Ranks, die_with_parent, process_group, torchrun_command
 from pipeline.io import atomic_path, write_json
 from pipeline.training import TrainResult, select_device, train
 from stages.common import parser, setup
@@ -32,13 +41,51 @@ def main(argv: list[str] | None = None) -> int:
         model_cfg, loss_cfg, train_cfg = (
             load_section(params, s) for s in ("model", "loss", "train")
         )
-        select_device(train_cfg.device)  # one line, not a traceback, when no GPU is there
+        device = select_device(train_cfg.device)  # one line, not a traceback, without a GPU
+        ranks = Ranks.from_env(os.environ)
+        if train_cfg.nproc_per_node > 1 and not ranks.launched:
+            command = torchrun_command(
+                train_cfg.nproc_per_node,
+                device,
+                "stages.train",
+                sys.argv[1:] if argv is None else argv,
+                os.environ,
+            )
+            print(f"train: {' '.join(command[1:])}", file=sys.stderr, flush=True)
+            stop = functools.partial(die_with_parent, signal.SIGTERM)
+            return subprocess.run(command, check=False, preexec_fn=stop).returncode
         # Mapped, not read: a training split larger than memory is read batch by batch.
         data = load_prepared(args.data, mmap=True)
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, ValueError) as err:
         print(f"train: {err}", file=sys.stderr)
         return 2
 
+    if ranks.launched:
+        die_with_parent(signal.SIGKILL)
+    try:
+        with process_group(ranks, ranks.device(device)):
+            if not ranks.is_main:
+                train(data, model_cfg, loss_cfg, train_cfg, args.checkpoints, ranks=ranks)
+                return 0
+            result = train_and_log(data, model_cfg, loss_cfg, train_cfg, args, ranks)
+    except ConfigError as err:  # e.g. a batch too small for the number of processes
+        print(f"train: {err}", file=sys.stderr)
+        return 2
+    with atomic_path(args.model) as tmp:
+        shutil.copyfile(args.checkpoints / "best.pt", tmp)
+    write_json(args.metrics, train_metrics(result))
+    return 0
+
+
+def train_and_log(
+    data: PreparedData,
+    model_cfg: ModelConfig,
+    loss_cfg: LossConfig,
+    train_cfg: TrainConfig,
+    args: argparse.Namespace,
+    ranks: Ranks,
+) -> TrainResult:
+    """Train as rank 0 (or alone), logging every epoch with dvclive."""
     # dvcyaml=False: the pipeline's dvc.yaml owns the metrics and plots entries.
     with Live(str(args.live), dvcyaml=False, save_dvc_exp=False) as live:
 
@@ -49,11 +96,9 @@ def main(argv: list[str] | None = None) -> int:
                     live.log_metric(key, value)
             live.make_summary()
 
-        result = train(data, model_cfg, loss_cfg, train_cfg, args.checkpoints, log_epoch=log_epoch)
-    with atomic_path(args.model) as tmp:
-        shutil.copyfile(args.checkpoints / "best.pt", tmp)
-    write_json(args.metrics, train_metrics(result))
-    return 0
+        return train(
+            data, model_cfg, loss_cfg, train_cfg, args.checkpoints, log_epoch=log_epoch, ranks=ranks
+        )
 
 
 # Fractions in the training library; percent in what DVC shows, as in metrics/eval.json.

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.batches import Normalizer, iterate_batches, num_batches, random_crop_flip
+from torch import Tensor
+
+from pipeline.batches import Normalizer, num_batches, random_crop_flip, training_batches
 from pipeline.preprocessing import to_model_input
 
 
@@ -41,8 +43,48 @@ def test_batches_cover_every_sample_once_and_drop_a_single_leftover() -> None:
     images = torch.arange(11, dtype=torch.uint8).view(11, 1, 1, 1)
     labels = torch.arange(11)
     gen = torch.Generator().manual_seed(0)
-    seen = torch.cat([y for _, y in iterate_batches(images, labels, 5, gen)])
+    batches = list(training_batches(images, labels, 5, gen))
+    seen = torch.cat([y for _, y, _ in batches])
     assert len(seen) == 10 and len(set(seen.tolist())) == 10  # 5 + 5, the lone 11th dropped
+    assert [share for _, _, share in batches] == [1.0, 1.0]
     assert num_batches(11, 5) == 2 and num_batches(12, 5) == 3
-    ordered = torch.cat([y for _, y in iterate_batches(images, labels, 5)])
-    assert ordered.tolist() == list(range(11))  # evaluation keeps everything, in order
+    assert num_batches(13, 5, min_size=4) == 2 and num_batches(14, 5, min_size=4) == 3
+
+
+def _rows(world: int, crop: tuple[int, bool] | None) -> list[list[tuple[Tensor, Tensor, float]]]:
+    images = torch.randint(0, 256, (23, 6, 6, 1), generator=torch.Generator().manual_seed(3))
+    images = images.to(torch.uint8)
+    labels = torch.arange(23)
+    return [
+        list(
+            training_batches(
+                images,
+                labels,
+                8,
+                torch.Generator().manual_seed(5),
+                crop=crop,
+                shard=slice(rank, None, world),
+                min_size=2 * world,
+            )
+        )
+        for rank in range(world)
+    ]
+
+
+def test_ranks_split_each_global_batch_and_get_the_same_crops_as_one_process() -> None:
+    """Two ranks' rows of each batch, interleaved, are one process's batch: same images, same
+    labels, same crop and flip per image; the 7-image tail (23 = 8 + 8 + 7) splits 4 + 3."""
+    (alone,) = _rows(1, (2, True))
+    first, second = _rows(2, (2, True))
+    assert len(alone) == len(first) == len(second) == 3
+    for (x, y, _), (x0, y0, s0), (x1, y1, s1) in zip(alone, first, second, strict=True):
+        assert torch.equal(y[0::2], y0) and torch.equal(y[1::2], y1)
+        assert torch.equal(x[0::2], x0) and torch.equal(x[1::2], x1)
+        assert s0 + s1 == 1.0
+    assert (alone[2][2], first[2][2], second[2][2]) == (1.0, 4 / 7, 3 / 7)
+
+
+def test_a_tail_too_small_for_every_rank_is_dropped() -> None:
+    """With 4 ranks a batch needs 8 images (two per rank); 23 = 8 + 8 + 7 keeps two batches."""
+    assert all(len(rank) == 2 for rank in _rows(4, None))
+    assert num_batches(23, 8, min_size=8) == 2

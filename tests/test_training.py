@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 from pipeline import training
 from pipeline.batches import MappedImages
 from pipeline.checkpoint import load_checkpoint, load_model
 from pipeline.data import load_checksums, load_prepared, prepare_data, save_prepared
+from pipeline.distributed import Ranks, process_group
 from pipeline.training import train
 from tests.conftest import (
     ROOT,
@@ -145,3 +149,43 @@ def test_checkpoint_of_other_code_is_not_resumed(
     train(data, model, loss_cfg, cfg, tmp_path)
     monkeypatch.setattr("pipeline.training.source_digest", lambda: "edited code")
     assert train(data, model, loss_cfg, cfg, tmp_path).resumed_from_epoch == 0
+
+
+def _train_rank(rank: int, port: int, root: str, params: dict[str, Any]) -> None:
+    """Rank ``rank`` of 2 trains, writing (if it writes) under ``root/rank<rank>``."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    ranks = Ranks(rank, 2, rank, True)
+    logged: list[int] = []
+    with process_group(ranks, torch.device("cpu")):
+        model, loss_cfg, cfg = configs(params, loss={"name": "mndcg"}, train=FAST)
+        result = train(
+            synthetic_prepared(),
+            model,
+            loss_cfg,
+            cfg,
+            Path(root) / f"rank{rank}",
+            log_epoch=lambda epoch, _row: logged.append(epoch),
+            ranks=ranks,
+        )
+    torch.save({"logged": logged, "result": result.history}, Path(root) / f"result{rank}.pt")
+
+
+def test_two_processes_train_and_only_rank_0_validates_logs_and_writes(
+    params: dict[str, Any], tmp_path: Path
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_train_rank, args=(port, str(tmp_path), params), nprocs=2)
+    main, other = (torch.load(tmp_path / f"result{r}.pt", weights_only=False) for r in (0, 1))
+    assert sorted(p.name for p in (tmp_path / "rank0").iterdir()) == ["best.pt", "last.pt"]
+    assert not (tmp_path / "rank1").exists()
+    assert main["logged"] == [1, 2, 3, 4] and other["logged"] == []
+    assert main["result"][-1]["val_accuracy"] > 0.9  # the ranking loss learns under DDP
+    assert "val_accuracy" not in other["result"][-1]
+    # the logged training losses are the mean over both ranks, so both report the same
+    for key in ("train_loss", "train_ce", "train_rank"):
+        assert main["result"][-1][key] == other["result"][-1][key]
+    assert load_checkpoint(tmp_path / "rank0" / "last.pt")["meta"]["fingerprint"] != (
+        training.fingerprint(synthetic_prepared(), *configs(params, train=FAST))
+    )  # a 2-process checkpoint does not resume a 1-process run
