@@ -10,7 +10,7 @@ others; the exit code is 1 when a required step failed. The figures end in one m
 written with a JSON of every number into ``--out``.
 
 ``--device cpu`` with small caps is a dry run of the same code on a CPU-only machine: the
-CUDA-only assertions are skipped (and say so), NCCL is replaced by gloo.
+CUDA-only assertions are skipped (and say so), NCCL is replaced by 2 gloo processes.
 
 Usage on the device (about 3 minutes on an H200): bench/gpu_check.sh [--epochs 3]
 
@@ -490,46 +490,104 @@ def step_torch_inference(check: Check) -> None:
         say(f"PyTorch {device.type} {mode} batch {TORCH_BATCH}: {rate:,.0f} images/s")
 
 
-def step_ddp(check: Check) -> None:
-    """A 1-process ``torch.distributed`` group: NCCL on the GPU (gloo in the CPU dry run).
+def _ddp_rank(
+    rank: int, world: int, port: int, cuda: bool, data: Any, cfgs: tuple[Any, Any, Any], out: str
+) -> None:
+    """One rank of the DDP training run (``torch.multiprocessing.spawn`` calls it)."""
+    from pipeline.distributed import Ranks, process_group
+    from pipeline.training import train
 
-    Training under torchrun is not built yet (issue 12 part 1); this only shows the collective
-    backend initialises and reduces on this machine.
-    """
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    ranks = Ranks(rank, world, rank, True)
+    device = ranks.device(torch.device("cuda" if cuda else "cpu"))
+    with process_group(ranks, device):
+        started = time.perf_counter()
+        result = train(data, *cfgs, Path(out) / "checkpoints", ranks=ranks)
+        seconds = time.perf_counter() - started
+    if ranks.is_main:
+        last = result.history[-1]
+        report = {
+            "seconds": seconds,
+            "val_accuracy": last["val_accuracy"],
+            "epochs": len(result.history),
+        }
+        (Path(out) / "ddp.json").write_text(json.dumps(report))
+
+
+def _nccl_one_process(check: Check) -> None:
+    """A 1-process NCCL group that all-reduces: all a single GPU can show of the DDP path."""
     import torch.distributed as dist
 
-    backend = "nccl" if check.cuda else "gloo"
-    if check.cuda and not dist.is_nccl_available():
+    if not dist.is_nccl_available():
         raise RuntimeError("this torch build has no NCCL")
-    device = torch.device("cuda", 0) if check.cuda else torch.device("cpu")
-    if check.cuda:
-        torch.cuda.set_device(device)
+    torch.cuda.set_device(0)
     init = (check.work / "ddp_init").as_uri()  # file:// rendezvous: no port to collide with
     dist.init_process_group(
-        backend,
-        init_method=init,
-        world_size=1,
-        rank=0,
-        timeout=datetime.timedelta(seconds=60),
+        "nccl", init_method=init, world_size=1, rank=0, timeout=datetime.timedelta(seconds=60)
     )
     try:
-        tensor = torch.full((4,), 3.0, device=device)
+        tensor = torch.full((4,), 3.0, device="cuda")
         dist.all_reduce(tensor)
-        if check.cuda:
-            torch.cuda.synchronize()
+        torch.cuda.synchronize()
         if not torch.equal(tensor.cpu(), torch.full((4,), 3.0)):
             raise AssertionError(f"all_reduce over 1 process changed the tensor: {tensor}")
     finally:
         dist.destroy_process_group()
-    check.figure("ddp", "backend", backend)
-    if check.cuda:
-        gpus = torch.cuda.device_count()
-        say(
-            f"DDP path: training under torchrun not built yet; NCCL 1-process group "
-            f"initialised OK ({gpus} GPU{'s' if gpus != 1 else ''})"
-        )
-    else:
-        check.note("--device cpu: NCCL not checked; gloo 1-process group initialised OK")
+
+
+def step_ddp(check: Check) -> None:
+    """The training library under DDP, one process per visible GPU (NCCL), as torchrun runs it.
+
+    One GPU: a 1-process NCCL group all-reduces instead (DDP needs two processes to mean
+    anything), and the report says so. The CPU dry run trains 2 gloo processes.
+    """
+    import socket
+
+    import torch.multiprocessing as mp
+
+    world = torch.cuda.device_count() if check.cuda else 2
+    if check.data is None:
+        raise RuntimeError("no prepared data (the data step failed)")
+    if check.cuda and world == 1:
+        _nccl_one_process(check)
+        check.figure("ddp", "backend", "nccl")
+        check.figure("ddp", "processes", 1)
+        check.note("one GPU: DDP training not run; a 1-process NCCL group all-reduced OK")
+        return
+    loss = "ce"
+    cfgs = (
+        section(check.params, "model", arch="small_cnn", pretrained=False),
+        section(check.params, "loss", name=loss),
+        section(
+            check.params,
+            "train",
+            device=check.args.device,
+            epochs=check.args.epochs,
+            bf16=check.cuda,
+            nproc_per_node=world,
+        ),
+    )
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = check.work / "ddp"
+    out.mkdir()
+    mp.spawn(_ddp_rank, args=(world, port, check.cuda, check.data, cfgs, str(out)), nprocs=world)
+    report = json.loads((out / "ddp.json").read_text())
+    n_train = len(check.data.train_idx)
+    rate = n_train * report["epochs"] / report["seconds"]
+    backend = "nccl" if check.cuda else "gloo"
+    for name, value in {
+        "backend": backend,
+        "processes": world,
+        "images_per_s_overall": rate,
+        "val_accuracy_pct": 100 * report["val_accuracy"],
+    }.items():
+        check.figure("ddp", name, value)
+    say(
+        f"DDP small_cnn/{loss}: {world} processes ({backend}), {rate:,.0f} images/s overall, "
+        f"val accuracy {100 * report['val_accuracy']:.2f}%"
+    )
 
 
 def step_import_chain(check: Check) -> None:
