@@ -355,7 +355,8 @@ def _train_epoch(
         for key, value in {"loss": loss.detach(), **parts}.items():
             totals[key] = totals.get(key, 0.0) + float(value)
         bar.set_postfix(loss=f"{totals['loss'] / max(bar.n, 1):.3f}", refresh=False)
-    means = mean_over_ranks(torch.tensor([totals[k] / steps for k in totals]), ranks)
+    # on the training device: NCCL reduces only GPU tensors
+    means = mean_over_ranks(torch.tensor([totals[k] / steps for k in totals], device=device), ranks)
     return {f"train_{k}": float(v) for k, v in zip(totals, means, strict=True)}
 
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
-
 from torch import Tensor
 
-from pipeline.batches import Normalizer, num_batches, random_crop_flip, training_batches
+from pipeline.batches import (
+    MappedImages,
+    Normalizer,
+    num_batches,
+    random_crop_flip,
+    training_batches,
+)
 from pipeline.preprocessing import to_model_input
 
 
@@ -88,3 +95,20 @@ def test_a_tail_too_small_for_every_rank_is_dropped() -> None:
     """With 4 ranks a batch needs 8 images (two per rank); 23 = 8 + 8 + 7 keeps two batches."""
     assert all(len(rank) == 2 for rank in _rows(4, None))
     assert num_batches(23, 8, min_size=8) == 2
+
+
+def test_a_rank_reads_only_its_rows_of_a_memory_mapped_split(tmp_path: Path) -> None:
+    """Sharding a split left on disk: each rank's batches are the in-memory rank's."""
+    array = np.random.default_rng(0).integers(0, 256, (23, 6, 6, 1), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", array)
+    mapped = np.load(tmp_path / "images.npy", mmap_mode="r")
+    rows = np.arange(3, 23)  # the training indices: not the file's first rows
+    on_disk = MappedImages(mapped, rows, torch.device("cpu"))
+    in_memory = torch.from_numpy(array[rows])
+    labels = torch.arange(20)
+    for rank in (0, 1):
+        kwargs = {"crop": (2, True), "shard": slice(rank, None, 2), "min_size": 4}
+        disk = training_batches(on_disk, labels, 8, torch.Generator().manual_seed(1), **kwargs)
+        memory = training_batches(in_memory, labels, 8, torch.Generator().manual_seed(1), **kwargs)
+        for (x_disk, y_disk, _), (x_mem, y_mem, _) in zip(disk, memory, strict=True):
+            assert torch.equal(x_disk, x_mem) and torch.equal(y_disk, y_mem)
