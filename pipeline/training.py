@@ -356,7 +356,8 @@ def _train_epoch(
             totals[key] = totals.get(key, 0.0) + float(value)
         bar.set_postfix(loss=f"{totals['loss'] / max(bar.n, 1):.3f}", refresh=False)
     # on the training device: NCCL reduces only GPU tensors
-    means = mean_over_ranks(torch.tensor([totals[k] / steps for k in totals], device=device), ranks)
+    means = torch.tensor([totals[k] / steps for k in totals], dtype=torch.float64, device=device)
+    means = mean_over_ranks(means, ranks)
     return {f"train_{k}": float(v) for k, v in zip(totals, means, strict=True)}
 
 
