@@ -65,7 +65,7 @@ def main() -> None:
         system_dir=Path("/usr/share/datasets/fashion-mnist"),
         checksums={"fashion_mnist": load_checksums(Path("checksums/fashion-mnist.sha256"))},
     )
-    train_cfg = study_train_config(train_cfg, study)
+    train_cfg = study_train_config(train_cfg, study, train_cfg.seed)
     rows = []
     for name, overrides in CANDIDATES:
         started = time.perf_counter()

@@ -303,9 +303,12 @@ class StudyConfig:
     augment: Literal["crop_flip", "crop", "none"]
     losses: list[Str]
     tuned: list[TunedRun]
+    seeds: list[Int]
 
     def __post_init__(self) -> None:
         _check("study.max_train", self.max_train, self.max_train >= 10, ">= 10")
+        ok = len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds)
+        _check("study.seeds", self.seeds, ok, "a non-empty list without repeats")
         _check("study.epochs", self.epochs, self.epochs >= 1, ">= 1")
         _check("study.losses", self.losses, len(self.losses) >= 1, "a non-empty list")
         for name in self.losses:

@@ -1,5 +1,10 @@
-"""The loss comparison study: train and evaluate each objective on the same data, model,
-epochs and seed, and tabulate calibration, OOD and shift figures side by side.
+"""The loss comparison study: train and evaluate each objective on the same data, model and
+epochs, over several seeds, and tabulate calibration, OOD, shift and ranking figures side by
+side: per row the mean and spread over seeds, and the seed-by-seed (paired) difference from CE
+with its interval.
+
+The seed drives the initialisation, the batch order and the mixing; the split of the data is
+``data.seed``'s and stays the same for every seed, so the rows differ only in what they train.
 """
 
 from __future__ import annotations
@@ -10,18 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
 from pipeline.checkpoint import load_model
 from pipeline.config import EvaluateConfig, LossConfig, ModelConfig, StudyConfig, TrainConfig
 from pipeline.data.prepared import PreparedData
 from pipeline.evaluation import evaluate
-from pipeline.io import atomic_path
-from pipeline.plots import write_csv
 from pipeline.training import train
 
 logger = logging.getLogger(__name__)
@@ -56,10 +55,11 @@ def study_runs(loss_cfg: LossConfig, study: StudyConfig) -> list[StudyRun]:
     return runs
 
 
-def study_train_config(train_cfg: TrainConfig, study: StudyConfig) -> TrainConfig:
-    """The ``train`` section with the study's epochs and augmentation."""
+def study_train_config(train_cfg: TrainConfig, study: StudyConfig, seed: int) -> TrainConfig:
+    """The ``train`` section with the study's epochs and augmentation, and ``seed``."""
     return dataclasses.replace(
         train_cfg,
+        seed=seed,
         epochs=study.epochs,
         augment=study.augment,
         milestones=[m for m in train_cfg.milestones if m < study.epochs],
@@ -75,11 +75,11 @@ def run_row(
     work_dir: Path,
 ) -> dict[str, Any]:
     """Train and evaluate one run; checkpoints under ``work_dir`` let a killed run resume."""
-    logger.info("study: %s", run.name)
+    logger.info("study: %s, seed %d", run.name, train_cfg.seed)
     result = train(data, model_cfg, run.loss, train_cfg, work_dir)
     model, _ = load_model(work_dir / "best.pt")
     ev = evaluate(model, data, eval_cfg)
-    return study_row(run.name, ev.metrics, result.seconds)
+    return study_row(run.name, train_cfg.seed, ev.metrics, result.seconds)
 
 
 def run_study(
@@ -89,18 +89,40 @@ def run_study(
     train_cfg: TrainConfig,
     eval_cfg: EvaluateConfig,
     work_dir: Path,
+    seeds: Sequence[int] = (0,),
 ) -> list[dict[str, Any]]:
-    """Run every row in turn (``work_dir / name`` per run); one row per run."""
-    return [run_row(data, run, model_cfg, train_cfg, eval_cfg, work_dir / run.name) for run in runs]
+    """Run every row with every seed in turn (``work_dir / row_id(...)`` each)."""
+    return [
+        run_row(
+            data,
+            run,
+            model_cfg,
+            dataclasses.replace(train_cfg, seed=seed),
+            eval_cfg,
+            work_dir / row_id(run.name, seed),
+        )
+        for run in runs
+        for seed in seeds
+    ]
 
 
-def study_row(name: str, metrics: dict[str, Any], seconds: float) -> dict[str, Any]:
-    """Flatten one evaluation into the study's columns."""
+def row_id(name: str, seed: int) -> str:
+    """The file and folder name of row ``name`` trained with ``seed``."""
+    return f"{name}-s{seed}"
+
+
+def study_row(name: str, seed: int, metrics: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """Flatten one evaluation (one row, one seed) into the study's columns."""
     raw, scaled = metrics["test"]["raw"], metrics["test"]["scaled"]
-    row: dict[str, Any] = {"loss": name}
+    row: dict[str, Any] = {"loss": name, "seed": seed}
     for key in ("accuracy", "ece", "adaptive_ece", "classwise_ece", "nll", "brier"):
         row[key] = raw[key]
+    if "ece_ci95" in raw:  # the test set's bootstrap interval of this seed's ECE
+        row["ece_ci95_low"], row["ece_ci95_high"] = raw["ece_ci95"]
     row["ece_ts"] = scaled["ece"]
+    if "ranking" in metrics:  # the paper's hypothesis, measured (pipeline.ranking_check)
+        row["raw_above_mixed"] = metrics["ranking"]["raw_above_mixed"]
+        row["kendall_tau"] = metrics["ranking"]["kendall_tau"]
     row["temperature"] = metrics["temperature"]["temperature"]
     for ood_name, report in metrics["ood"].items():
         row[f"auroc_{ood_name}"] = report["raw"]["msp"]["auroc"]
@@ -124,69 +146,3 @@ def _shift_by_severity(shift: dict[str, Any]) -> dict[str, tuple[float, float]]:
         level: (float(np.mean([v[0] for v in vals])), float(np.mean([v[1] for v in vals])))
         for level, vals in sorted(per_level.items(), key=lambda kv: int(kv[0]))
     }
-
-
-# Column order of the table; OOD and shift columns, which depend on the params, follow these.
-LEADING_COLUMNS = (
-    "loss",
-    "accuracy",
-    "ece",
-    "adaptive_ece",
-    "classwise_ece",
-    "nll",
-    "brier",
-    "ece_ts",
-    "temperature",
-)
-
-
-def table_columns(row: dict[str, Any]) -> list[str]:
-    """The table's columns for ``row``: fixed ones, AUROC per OOD set, shift by severity, time.
-
-    Rows read back from JSON come with sorted keys, so the order is set here, not by the row.
-    """
-    auroc = sorted(k for k in row if k.startswith("auroc_"))
-    shift = sorted(
-        (k for k in row if k.startswith("shift_")),
-        key=lambda k: (int(k.rsplit("_s", 1)[1]), not k.startswith("shift_ece")),
-    )
-    rest = [k for k in row if k not in (*LEADING_COLUMNS, *auroc, *shift, "train_seconds")]
-    return [*LEADING_COLUMNS, *auroc, *shift, *sorted(rest), "train_seconds"]
-
-
-def write_table(rows: list[dict[str, Any]], csv_path: Path, md_path: Path) -> None:
-    """The study as CSV (one row per loss) and as a markdown table."""
-    header = table_columns(rows[0])
-    write_csv(csv_path, header, [[_fmt(r[k]) for k in header] for r in rows])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(_fmt(r[k])) for k in header) + " |" for r in rows]
-    with atomic_path(md_path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-
-
-def plot_shift(rows: list[dict[str, Any]], path: Path) -> None:
-    """ECE and accuracy-estimation error against corruption severity, one line per loss."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for row in rows:
-        levels = sorted(int(k.rsplit("s", 1)[1]) for k in row if k.startswith("shift_ece_s"))
-        axes[0].plot(
-            levels, [row[f"shift_ece_s{lv}"] for lv in levels], marker="o", label=row["loss"]
-        )
-        axes[1].plot(
-            levels, [row[f"shift_est_err_s{lv}"] for lv in levels], marker="o", label=row["loss"]
-        )
-    axes[0].set_title("ECE under corruption (after scaling)")
-    axes[1].set_title("|estimated - true accuracy|")
-    for ax in axes:
-        ax.set_xlabel("severity (mean over corruptions)")
-        ax.set_ylabel("percent")
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-
-
-def _fmt(value: Any) -> Any:
-    return round(value, 3) if isinstance(value, float) else value

@@ -1,9 +1,11 @@
-"""DVC stages of `make study` (study/dvc.yaml): compare every loss on one data, model, epochs, seed.
+"""DVC stages of `make study` (study/dvc.yaml): compare every loss on one data, model, epochs,
+over ``study.seeds``.
 
-``run NAME`` trains and evaluates one row (a loss of ``study.losses`` or a ``study.tuned`` name)
-and writes ``--rows``/NAME.json; checkpoints go under ``--work``/NAME so a killed run resumes.
-``table`` collects the rows in params order into ``--out``/results.csv (committed), results.md
-and shift.png.
+``run NAME --seed S`` trains and evaluates one row (a loss of ``study.losses`` or a
+``study.tuned`` name) with seed S and writes ``--rows``/NAME-sS.json; checkpoints go under
+``--work``/NAME-sS so a killed run resumes. ``table`` collects the rows in params order into
+``--out``/results.csv (per row: mean, spread, paired difference from CE; committed),
+results_seeds.csv (every seed), results.md and shift.png.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any
 from pipeline.config import ConfigError, StudyConfig, load_section
 from pipeline.data import DataError
 from pipeline.io import write_json
-from pipeline.study import plot_shift, run_row, study_runs, study_train_config, write_table
+from pipeline.study import row_id, run_row, study_runs, study_train_config
+from pipeline.study_table import plot_shift, write_tables
 from stages.common import parser, setup
 from stages.download import add_source_args, prepare
 
@@ -26,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     add_source_args(p)
     p.add_argument("command", choices=["run", "table"])
     p.add_argument("name", nargs="?", help="row to run (run only)")
+    p.add_argument("--seed", type=int, help="training seed of the row (run only)")
     p.add_argument("--rows", type=Path, default=Path("study/rows"))
     p.add_argument("--work", type=Path, default=Path("study/runs"))
     p.add_argument("--out", type=Path, default=Path("study"))
@@ -35,31 +39,36 @@ def main(argv: list[str] | None = None) -> int:
         study: StudyConfig = load_section(params, "study")
         runs = {r.name: r for r in study_runs(load_section(params, "loss"), study)}
         if args.command == "table":
-            rows = [_read_row(args.rows / f"{name}.json") for name in runs]
-            write_table(rows, args.out / "results.csv", args.out / "results.md")
-            plot_shift(rows, args.out / "shift.png")
+            ids = [row_id(name, seed) for name in runs for seed in study.seeds]
+            summaries = write_tables([_read_row(args.rows / f"{i}.json") for i in ids], args.out)
+            plot_shift(summaries, args.out / "shift.png")
             return 0
         if args.name not in runs:
             raise ConfigError(f"no study row {args.name!r}; rows are {list(runs)}")
+        if args.seed is None:
+            raise ConfigError(f"run {args.name} needs --seed (study.seeds: {study.seeds})")
         data = prepare(load_section(params, "data"), args, max_train=study.max_train)
         row = run_row(
             data,
             runs[args.name],
             load_section(params, "model"),
-            study_train_config(load_section(params, "train"), study),
+            study_train_config(load_section(params, "train"), study, args.seed),
             load_section(params, "evaluate"),
-            args.work / args.name,
+            args.work / row_id(args.name, args.seed),
         )
     except (ConfigError, DataError, FileNotFoundError) as err:
         print(f"study: {err}", file=sys.stderr)
         return 2
-    write_json(args.rows / f"{args.name}.json", row)
+    write_json(args.rows / f"{row_id(args.name, args.seed)}.json", row)
     return 0
 
 
 def _read_row(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run `python -m stages.study run {path.stem}`")
+        name, seed = path.stem.rsplit("-s", 1)
+        raise FileNotFoundError(
+            f"{path} is missing: run `python -m stages.study run {name} --seed {seed}`"
+        )
     return json.loads(path.read_text())
 
 

@@ -24,6 +24,7 @@ def study_args(tmp_path: Path, params: dict[str, Any]) -> list[str]:
     params["study"].update(
         max_train=80,
         epochs=1,
+        seeds=[0],
         losses=["ce"],
         tuned=[
             {
@@ -55,24 +56,30 @@ def study_args(tmp_path: Path, params: dict[str, Any]) -> list[str]:
 
 
 def test_rows_then_table(study_args: list[str], tmp_path: Path) -> None:
-    assert study.main(["run", "mrl_tuned", *study_args]) == 0
-    assert study.main(["run", "ce", *study_args]) == 0
-    row = json.loads((tmp_path / "rows" / "ce.json").read_text())
-    assert row["loss"] == "ce" and 0 <= row["accuracy"] <= 100
-    assert (tmp_path / "runs" / "ce" / "best.pt").is_file()
+    assert study.main(["run", "mrl_tuned", "--seed", "0", *study_args]) == 0
+    assert study.main(["run", "ce", "--seed", "0", *study_args]) == 0
+    row = json.loads((tmp_path / "rows" / "ce-s0.json").read_text())
+    assert (row["loss"], row["seed"]) == ("ce", 0) and 0 <= row["accuracy"] <= 100
+    assert (tmp_path / "runs" / "ce-s0" / "best.pt").is_file()
     assert study.main(["table", *study_args]) == 0
     with (tmp_path / "out" / "results.csv").open() as fh:
         table = list(csv.DictReader(fh))
     # losses first, then tuned rows, whatever order the rows were run in
     assert [r["loss"] for r in table] == ["ce", "mrl_tuned"]
-    assert list(table[0])[:3] == ["loss", "accuracy", "ece"]  # not the JSON's sorted keys
+    # not the JSON's sorted keys
+    assert list(table[0])[:5] == ["loss", "seeds", "accuracy", "accuracy_std", "ece"]
+    with (tmp_path / "out" / "results_seeds.csv").open() as fh:
+        assert list(next(csv.DictReader(fh)))[:3] == ["loss", "seed", "accuracy"]
     assert (tmp_path / "out" / "shift.png").is_file()
 
 
 def test_unknown_row_and_missing_row_are_clear_errors(
     study_args: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert study.main(["run", "nope", *study_args]) == 2
+    assert study.main(["run", "nope", "--seed", "0", *study_args]) == 2
     assert "no study row 'nope'; rows are ['ce', 'mrl_tuned']" in capsys.readouterr().err
+    assert study.main(["run", "ce", *study_args]) == 2
+    assert "run ce needs --seed (study.seeds: [0])" in capsys.readouterr().err
     assert study.main(["table", *study_args]) == 2
-    assert "ce.json is missing: run `python -m stages.study run ce`" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "ce-s0.json is missing: run `python -m stages.study run ce --seed 0`" in err
