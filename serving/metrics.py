@@ -35,11 +35,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.drift import bin_counts, check_edges, ks_statistic, psi
+from pipeline.drift import bin_counts, bin_index, check_edges, ks_statistic, psi
 from pipeline.feature_norm import LEVELS as FEATURE_LEVELS
 from pipeline.feature_norm import STATISTIC as FEATURE_STATISTIC
 from pipeline.input_stats import STATISTICS as INPUT_STATISTICS
 from pipeline.model_card import ModelCard
+from serving.feedback import REASONS as FEEDBACK_REASONS
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -212,6 +213,7 @@ class ServiceMetrics:
         self._define_window(prom, reg)
         self._define_static(prom, reg, card, provider, le)
         self._define_inputs(prom, reg, card)
+        self._define_feedback(prom, reg, le)
 
     def _define_traffic(
         self, prom: Any, reg: CollectorRegistry, card: ModelCard, le: list[str]
@@ -337,6 +339,73 @@ class ServiceMetrics:
             self._input_bins[name] = [bins.labels(name, value) for value in labels]
             for value, share in zip(labels, counts / counts.sum(), strict=True):
                 fraction.labels(name, value).set(share)
+
+    def _define_feedback(self, prom: Any, reg: CollectorRegistry, le: list[str]) -> None:
+        """Delayed labels (``POST /feedback``) per confidence bin of the labelled prediction.
+
+        Per bin, the correct and wrong counts and the sum of the predictions' confidences: a
+        bin's realized accuracy is correct / (correct + wrong), its mean confidence the sum over
+        the same count, and the realized ECE ``sum_b |correct_b - confidence_b| / labels`` (see
+        ``serving/prometheus/recording_rules.yml``). All counters: they sum over workers and
+        replicas.
+        """
+        labels = prom.Counter(
+            "rankcal_feedback_labels",
+            "Delayed true labels counted, per confidence bin (lo, bin] of their prediction",
+            ["bin", "outcome"],
+            registry=reg,
+        )
+        self._feedback = {o: [labels.labels(v, o) for v in le] for o in ("correct", "wrong")}
+        confidence = prom.Counter(
+            "rankcal_feedback_confidence",
+            "Sum of the calibrated confidences of the labelled predictions, per bin (lo, bin]",
+            ["bin"],
+            registry=reg,
+        )
+        self._feedback_confidence = [confidence.labels(v) for v in le]
+        self._feedback_refused = prom.Counter(
+            "rankcal_feedback_refused",
+            "Feedback items refused, by reason (none of them touches the label counters)",
+            ["reason"],
+            registry=reg,
+        )
+        for reason in FEEDBACK_REASONS:
+            self._feedback_refused.labels(reason)
+
+    def record_feedback(self, confidence: np.ndarray, correct: np.ndarray) -> None:
+        """Count verified feedback: each labelled prediction's confidence and whether its
+        predicted class was the true one.
+
+        Raises:
+            ValueError: On mismatched shapes or a confidence outside [0, 1]; nothing is
+                recorded then.
+        """
+        conf = np.asarray(confidence, dtype=np.float64)
+        right = np.asarray(correct)
+        if conf.ndim != 1 or right.shape != conf.shape or right.dtype != np.bool_:
+            raise ValueError(
+                f"confidence and correct must be 1-D of one length, correct bool; got "
+                f"{conf.shape}, {right.shape} {right.dtype}"
+            )
+        if conf.size and (not np.all(np.isfinite(conf)) or conf.min() < 0 or conf.max() > 1):
+            raise ValueError(f"confidence must be in [0, 1], got {conf}")
+        bins = bin_index(conf, self._window.edges)
+        n_bins = self._window.edges.size - 1
+        _inc_nonzero(self._feedback["correct"], np.bincount(bins[right], minlength=n_bins))
+        _inc_nonzero(self._feedback["wrong"], np.bincount(bins[~right], minlength=n_bins))
+        sums = np.bincount(bins, weights=conf, minlength=n_bins)
+        for i in np.flatnonzero(sums):
+            self._feedback_confidence[i].inc(float(sums[i]))
+
+    def record_feedback_refusal(self, reason: str) -> None:
+        """Count one refused feedback item (``reason``: one of :data:`serving.feedback.REASONS`).
+
+        Raises:
+            ValueError: For another reason.
+        """
+        if reason not in FEEDBACK_REASONS:
+            raise ValueError(f"unknown feedback refusal reason {reason!r}")
+        self._feedback_refused.labels(reason).inc()
 
     def record_inputs(self, stats: dict[str, np.ndarray] | None) -> None:
         """Count the statistics (:func:`pipeline.input_stats.input_statistics`, and the feature

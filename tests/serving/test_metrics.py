@@ -481,3 +481,45 @@ def test_a_card_without_input_reference_exports_no_input_series(metrics, registr
     names = {s.name for f in registry.collect() for s in f.samples}
     assert not any(name.startswith("rankcal_input") for name in names)
     assert "rankcal_confidence_count" in names
+
+
+def test_feedback_counts_outcomes_and_confidence_sums_per_bin(
+    metrics: ServiceMetrics, registry: CollectorRegistry
+) -> None:
+    """Bins (0, 0.5] (0.5, 0.9] (0.9, 0.99] (0.99, 1]: 0.4 right, 0.6 wrong, 0.9 right,
+    0.95 wrong, 0.95 right. By hand: realized accuracy 3/5; per bin (correct, confidence sum)
+    (1, 0.4), (1, 1.5), (1, 1.9), (0, 0), so the realized ECE is
+    (|1 - 0.4| + |1 - 1.5| + |1 - 1.9|) / 5 = 2.0 / 5 = 0.4."""
+    conf = np.array([0.4, 0.6, 0.9, 0.95, 0.95])
+    metrics.record_feedback(conf, np.array([True, False, True, False, True]))
+    correct = {
+        le: value(registry, "rankcal_feedback_labels_total", bin=le, outcome="correct") for le in LE
+    }
+    wrong = {
+        le: value(registry, "rankcal_feedback_labels_total", bin=le, outcome="wrong") for le in LE
+    }
+    sums = {le: value(registry, "rankcal_feedback_confidence_total", bin=le) for le in LE}
+    assert correct == {"0.5": 1, "0.9": 1, "0.99": 1, "1.0": 0}
+    assert wrong == {"0.5": 0, "0.9": 1, "0.99": 1, "1.0": 0}
+    assert sums == pytest.approx({"0.5": 0.4, "0.9": 1.5, "0.99": 1.9, "1.0": 0.0})
+    labels = sum(correct.values()) + sum(wrong.values())
+    assert sum(correct.values()) / labels == 0.6
+    ece = sum(abs(correct[le] - sums[le]) for le in LE) / labels
+    assert ece == pytest.approx(0.4)
+    # nothing else moved: feedback is not traffic
+    assert value(registry, "rankcal_confidence_count") == 0
+
+
+def test_feedback_refusals_are_counted_by_known_reason_only(
+    metrics: ServiceMetrics, registry: CollectorRegistry
+) -> None:
+    assert value(registry, "rankcal_feedback_refused_total", reason="forged") == 0
+    metrics.record_feedback_refusal("forged")
+    assert value(registry, "rankcal_feedback_refused_total", reason="forged") == 1
+    with pytest.raises(ValueError, match="unknown feedback refusal reason"):
+        metrics.record_feedback_refusal("because")
+    with pytest.raises(ValueError, match="correct bool"):
+        metrics.record_feedback(np.array([0.5]), np.array([1]))
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        metrics.record_feedback(np.array([1.5]), np.array([True]))
+    assert value(registry, "rankcal_feedback_labels_total", bin="1.0", outcome="correct") == 0

@@ -44,6 +44,7 @@ THRESHOLDS = {
     "RankcalHighOODRate": 0.2,
     "RankcalInputDrift": 1,
     "RankcalEstimateNotValid": 1,
+    "RankcalRealizedAccuracyDisagrees": 0.05,
 }
 NAME = re.compile(r"\b(?:rankcal[_:]|bentoml_)[A-Za-z0-9_:]*")
 # The model of rules_test.yml (see its header comment).
