@@ -207,6 +207,11 @@ def test_dashboard_reads_only_existing_series() -> None:
         "bentoml_service_request_duration_seconds_bucket",
         "rankcal:input_psi:5m",
         "rankcal:estimate_valid:5m",
+        "rankcal:realized_accuracy:1h",
+        "rankcal:labelled_confidence:1h",
+        "rankcal:realized_ece:1h",
+        "rankcal:realized_bin_accuracy:1h",
+        "rankcal:realized_bin_confidence:1h",
     }
     assert required <= used
     assert any(p["type"] == "heatmap" for p in board["panels"])
