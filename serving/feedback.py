@@ -35,6 +35,7 @@ import hashlib
 import hmac
 import os
 import struct
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -154,7 +155,7 @@ class TokenSigner:
 
 class ReplayGuard:
     """The nonces this process accepted in the last ``window_s`` seconds, at most ``capacity``
-    (the oldest are forgotten first)."""
+    (the oldest are forgotten first). Thread-safe: the service's endpoint runs in a pool."""
 
     def __init__(
         self, window_s: float, capacity: int, clock: Callable[[], float] = time.monotonic
@@ -163,25 +164,80 @@ class ReplayGuard:
         self.capacity = capacity
         self._clock = clock
         self._seen: OrderedDict[bytes, float] = OrderedDict()
+        self._lock = threading.Lock()
 
-    def admit(self, nonce: bytes) -> None:
-        """Remember ``nonce``.
-
-        Raises:
-            FeedbackError: ``replayed`` if it was admitted within the window.
-        """
-        now = self._clock()
-        while self._seen and (
-            len(self._seen) >= self.capacity
-            or next(iter(self._seen.values())) < now - self.window_s
-        ):
-            self._seen.popitem(last=False)
-        if nonce in self._seen:
-            raise FeedbackError("replayed", "feedback for this prediction_id was already counted")
-        self._seen[nonce] = now
+    def admit_all(self, nonces: Sequence[bytes]) -> list[int]:
+        """Remember every nonce, or none: the positions of those already admitted within the
+        window (or repeated within ``nonces``) when there are any, else ``[]`` and all are
+        remembered."""
+        with self._lock:
+            now = self._clock()
+            while self._seen and next(iter(self._seen.values())) < now - self.window_s:
+                self._seen.popitem(last=False)
+            first: dict[bytes, int] = {}
+            repeated = [
+                i
+                for i, nonce in enumerate(nonces)
+                if nonce in self._seen or first.setdefault(nonce, i) != i
+            ]
+            if repeated:
+                return repeated
+            for nonce in nonces:
+                if len(self._seen) >= self.capacity:
+                    self._seen.popitem(last=False)
+                self._seen[nonce] = now
+            return []
 
     def __len__(self) -> int:
         return len(self._seen)
+
+
+@dataclass(frozen=True)
+class Refused:
+    """One refused feedback item: its position in the request and why."""
+
+    index: int
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A feedback request's outcome: the counted items' confidences and whether each
+    prediction was right, or, when any item is refused, nothing counted and the refusals."""
+
+    confidence: list[float]
+    correct: list[bool]
+    refused: list[Refused]
+
+
+def judge(
+    items: Sequence[tuple[object, object]],
+    signer: TokenSigner,
+    guard: ReplayGuard,
+    class_names: Sequence[str],
+) -> Verdict:
+    """Check ``(prediction_id, label)`` pairs; count them all or none.
+
+    A request is taken whole: if any item is refused, none is counted (nor remembered), so a
+    client can drop the refused items and send the rest again without counting any twice.
+    """
+    refused: list[Refused] = []
+    checked: list[tuple[Prediction, int]] = []
+    for i, (token, label) in enumerate(items):
+        try:
+            checked.append((signer.verify(token), resolve_label(label, class_names)))
+        except FeedbackError as err:
+            refused.append(Refused(i, err.reason, str(err)))
+    if not refused:
+        repeated = guard.admit_all([prediction.nonce for prediction, _ in checked])
+        message = "feedback for this prediction_id was already counted"
+        refused = [Refused(i, "replayed", message) for i in repeated]
+    if refused:
+        return Verdict([], [], refused)
+    return Verdict(
+        [p.confidence for p, _ in checked], [p.predicted == label for p, label in checked], []
+    )
 
 
 def resolve_label(label: object, class_names: Sequence[str]) -> int:

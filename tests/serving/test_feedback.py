@@ -14,6 +14,7 @@ from serving.feedback import (
     FeedbackError,
     ReplayGuard,
     TokenSigner,
+    judge,
     model_fingerprint,
     resolve_label,
 )
@@ -89,19 +90,33 @@ def test_a_short_key_is_refused() -> None:
 def test_replays_within_the_window_are_refused_and_forgotten_after_it() -> None:
     now = [0.0]
     guard = ReplayGuard(window_s=10, capacity=3, clock=lambda: now[0])
-    guard.admit(b"a")
-    with pytest.raises(FeedbackError) as err:
-        guard.admit(b"a")
-    assert err.value.reason == "replayed"
+    assert guard.admit_all([b"a"]) == []
+    assert guard.admit_all([b"a"]) == [0]
+    assert guard.admit_all([b"b", b"c", b"b"]) == [2]  # repeated within one request
+    assert len(guard) == 1  # a refused request remembers nothing
     now[0] = 10.5  # past the window: "a" is forgotten, so it would count again
-    guard.admit(b"a")
-    guard.admit(b"b")
-    guard.admit(b"c")
-    guard.admit(b"d")  # capacity 3: the oldest, "a", is dropped
-    assert len(guard) == 3
-    guard.admit(b"a")
-    with pytest.raises(FeedbackError):
-        guard.admit(b"d")
+    assert guard.admit_all([b"a", b"b", b"c", b"d"]) == []
+    assert len(guard) == 3  # capacity 3: the oldest, "a", is dropped
+    assert guard.admit_all([b"a"]) == []
+    assert guard.admit_all([b"x", b"d"]) == [1]
+
+
+def test_a_request_counts_whole_or_not_at_all() -> None:
+    names = ["cat", "dog", "eel"]
+    tokens = [
+        TokenSigner(KEY, "m", 3600, clock=lambda: NOW).issue(p, c)
+        for p, c in [(0, 0.9), (1, 0.6), (2, 0.8)]
+    ]
+    guard = ReplayGuard(window_s=3600, capacity=100)
+    good = TokenSigner(KEY, "m", 3600, clock=lambda: NOW)
+    bad = judge([(tokens[0], "cat"), ("forged!", 1), (tokens[2], 7)], good, guard, names)
+    assert [(r.index, r.reason) for r in bad.refused] == [(1, "malformed"), (2, "bad_label")]
+    assert bad.confidence == [] and len(guard) == 0
+    ok = judge([(tokens[0], "cat"), (tokens[1], 0), (tokens[2], "eel")], good, guard, names)
+    assert ok.refused == [] and ok.correct == [True, False, True]
+    assert ok.confidence == pytest.approx([0.9, 0.6, 0.8], abs=1e-4)
+    again = judge([(tokens[1], 1)], good, guard, names)
+    assert [(r.index, r.reason) for r in again.refused] == [(0, "replayed")]
 
 
 def test_labels_by_index_or_name() -> None:
