@@ -20,6 +20,7 @@ import yaml
 from pipeline.drift import bin_index
 from pipeline.metrics.calibration import expected_calibration_error
 from pipeline.preprocessing import to_model_input
+from serving import client
 from serving.feedback import TokenSigner
 from serving.npy import MEDIA_TYPE, npy_bytes
 from tests.serving.conftest import (
@@ -237,3 +238,17 @@ def test_without_a_key_answers_carry_no_id_and_feedback_is_off(
         assert answer["prediction_id"] is None
         response = send_feedback(off, [{"prediction_id": "x" * 44, "label": 0}])
         assert response.status_code == 404 and response.json()["reason"] == "feedback_off"
+
+
+def test_the_python_client_sends_labels(service: RunningService) -> None:
+    images, labels = labelled_images(6)
+    answers = client.classify_batch(images, url=service.url)
+    pairs = [(a["prediction_id"], int(y)) for a, y in zip(answers, labels, strict=True)]
+    assert client.send_feedback(pairs, url=service.url) == 6
+    # sent again: refused by the worker that counted it (with two workers the other may count
+    # it once more first: no state is shared between processes)
+    with pytest.raises(httpx.HTTPStatusError) as refused:
+        for _ in range(service.workers + 1):  # type: ignore[attr-defined]
+            client.send_feedback(pairs[:1], url=service.url)
+    assert refused.value.response.status_code == 409
+    assert refused.value.response.json()["reason"] == "replayed"
