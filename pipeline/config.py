@@ -334,9 +334,22 @@ class ServeConfig:
     max_batch_items: Int
     max_concurrency: Int
     timeout_s: Float
+    feedback_max_age_s: Float
+    feedback_replay_window_s: Float
+    feedback_remembered: Int
+    feedback_max_items: Int
 
     def __post_init__(self) -> None:
         _check("serve.port", self.port, 1 <= self.port <= 65535, "in 1..65535")
+        _check(
+            "serve.feedback_max_age_s", self.feedback_max_age_s, self.feedback_max_age_s > 0, "> 0"
+        )
+        ok = self.feedback_replay_window_s > 0
+        _check("serve.feedback_replay_window_s", self.feedback_replay_window_s, ok, "> 0")
+        ok = self.feedback_remembered >= 1
+        _check("serve.feedback_remembered", self.feedback_remembered, ok, ">= 1")
+        ok = self.feedback_max_items >= 1
+        _check("serve.feedback_max_items", self.feedback_max_items, ok, ">= 1")
         _check("serve.workers", self.workers, self.workers >= 1, ">= 1")
         _check("serve.max_batch_size", self.max_batch_size, self.max_batch_size >= 1, ">= 1")
         _check("serve.max_latency_ms", self.max_latency_ms, self.max_latency_ms >= 1, ">= 1")

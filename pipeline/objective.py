@@ -34,9 +34,16 @@ def mix_layer(model: MixableNet, cfg: LossConfig) -> int:
 
 
 def compute_loss(
-    model: MixableNet, x: Tensor, y: Tensor, cfg: LossConfig, rng: np.random.Generator
+    model: MixableNet,
+    x: Tensor,
+    y: Tensor,
+    cfg: LossConfig,
+    rng: np.random.Generator,
+    *,
+    detach: bool = True,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Total loss of one batch and its parts (detached) for logging.
+    """Total loss of one batch and its parts (detached for logging, unless ``detach`` is
+    False: then they keep their graph, to differentiate each part on its own).
 
     RankMixup (``mrl``, ``mndcg``) forwards the raw batch, then all mixed copies stacked
     copy-major in a second pass, so BatchNorm sees the raw batch, then the mixed batch, as in the
@@ -51,6 +58,7 @@ def compute_loss(
         y: Labels (B,).
         cfg: The ``loss`` section.
         rng: Source of mixing randomness.
+        detach: Whether the returned parts are detached from the graph.
 
     Returns:
         ``(loss, parts)`` with parts ``ce`` and, for ranking losses, ``rank``.
@@ -87,4 +95,5 @@ def compute_loss(
         rank = mrl_loss(raw_logits, mixed_logits, valid, cfg.margin, cfg.mrl_mask)
     else:
         rank = mndcg_loss(raw_logits, mixed_logits, relevance(y, plans).to(x.device))
-    return ce + cfg.weight * rank, {"ce": ce.detach(), "rank": rank.detach()}
+    parts = {"ce": ce, "rank": rank}
+    return ce + cfg.weight * rank, {k: v.detach() for k, v in parts.items()} if detach else parts

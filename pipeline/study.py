@@ -79,7 +79,11 @@ def run_row(
     result = train(data, model_cfg, run.loss, train_cfg, work_dir)
     model, _ = load_model(work_dir / "best.pt")
     ev = evaluate(model, data, eval_cfg)
-    return study_row(run.name, train_cfg.seed, ev.metrics, result.seconds)
+    row = study_row(run.name, train_cfg.seed, ev.metrics, result.seconds)
+    shares = [r["train_rank_grad_share"] for r in result.history if "train_rank_grad_share" in r]
+    if shares:  # ranking losses: how much of the gradient the ranking term made, over training
+        row["rank_grad_share"] = float(np.mean(shares))
+    return row
 
 
 def run_study(

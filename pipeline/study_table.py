@@ -33,6 +33,7 @@ LEADING_COLUMNS = (
     "temperature",
     "raw_above_mixed",
     "kendall_tau",
+    "rank_grad_share",
 )
 # Differences from the baseline worth an interval: accuracy, calibration, OOD detection.
 PAIRED = ("accuracy", "ece", "ece_ts")
@@ -95,8 +96,14 @@ def write_tables(rows: list[dict[str, Any]], out_dir: Path) -> list[dict[str, An
     Returns:
         The summaries (see :func:`summarise`).
     """
-    header = table_columns(rows[0])
-    write_csv(out_dir / "results_seeds.csv", header, [[_fmt(r[k]) for k in header] for r in rows])
+    header = table_columns(
+        {k: None for r in rows for k in r}
+    )  # rows may lack a column (CE's share)
+    write_csv(
+        out_dir / "results_seeds.csv",
+        header,
+        [[_fmt(r.get(k, math.nan)) for k in header] for r in rows],
+    )
     summaries = summarise(rows)
     columns = list(dict.fromkeys(k for s in summaries for k in s))
     write_csv(
@@ -119,16 +126,17 @@ def markdown(summaries: list[dict[str, Any]]) -> str:
         ("ece_ts", "ECE after TS"),
         ("raw_above_mixed", "raw > mixed %"),
         ("kendall_tau", "Kendall τ"),
+        ("rank_grad_share", "rank share of gradient"),
         *((k, f"AUROC {k.removeprefix('auroc_')}") for k in auroc),
     ]
-    cells = [(k, title) for k, title in cells if k in summaries[0]]
+    cells = [(k, title) for k, title in cells if any(k in s for s in summaries)]
     diffs = [("accuracy", "Δ accuracy"), ("ece", "Δ ECE"), ("ece_ts", "Δ ECE after TS")]
     header = ["loss", "seeds", *(t for _, t in cells), "ECE test 95% CI"]
     header += [f"{t} vs CE [95% CI]" for _, t in diffs] + ["train s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in summaries:
         row = [s["loss"], str(s["seeds"])]
-        row += [_mean_std(s[k], s.get(f"{k}_std", math.nan)) for k, _ in cells]
+        row += [_mean_std(s[k], s.get(f"{k}_std", math.nan)) if k in s else "" for k, _ in cells]
         ci = ("ece_ci95_low", "ece_ci95_high")
         row.append(f"[{s[ci[0]]:.2f}, {s[ci[1]]:.2f}]" if ci[0] in s else "")
         row += [_difference(s, k) for k, _ in diffs]

@@ -59,6 +59,9 @@ EpochLog = Callable[[int, dict[str, float]], None]
 # A memory-mapped training split larger than this share of physical memory is read per batch
 # instead of copied into one tensor: the copy would compete with the model for memory.
 IN_MEMORY_SHARE = 0.25
+# Every this many steps, a ranking loss's share of the gradient is measured (two extra backward
+# passes, about 1% of an epoch's time at this interval); 0: never.
+GRAD_SHARE_EVERY = 50
 
 
 @dataclass(frozen=True)
@@ -289,9 +292,9 @@ class _Objective(nn.Module):
         self.cfg = cfg
 
     def forward(
-        self, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator
+        self, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator, detach: bool = True
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return compute_loss(self.model, x, y, self.cfg, rng)
+        return compute_loss(self.model, x, y, self.cfg, rng, detach=detach)
 
 
 def _step_function(
@@ -339,10 +342,16 @@ def _train_epoch(
         leave=False,
         disable=None if ranks.is_main else True,
     )
-    for batch, y, share in bar:
+    shares: list[float] = []
+    measured = isinstance(step, _Objective) and step.cfg.name in ("mrl", "mndcg")
+    for index, (batch, y, share) in enumerate(bar):
         x = normalize(batch).contiguous(memory_format=torch.channels_last)
+        measure = measured and GRAD_SHARE_EVERY > 0 and index % GRAD_SHARE_EVERY == 0
         with _autocast(device, enabled=cfg.bf16 and device.type == "cuda"):
-            loss, parts = step(x, y, rng)
+            loss, parts = step(x, y, rng, detach=not measure)
+        if measure:
+            shares.append(rank_gradient_share(model, parts, step.cfg.weight))
+            parts = {k: v.detach() for k, v in parts.items()}
         # DDP averages the ranks' gradients; weighting each rank's mean loss by its share of the
         # batch makes that the gradient of the global batch's mean when the rows do not split
         # evenly (a final, smaller batch).
@@ -358,7 +367,32 @@ def _train_epoch(
     # on the training device: NCCL reduces only GPU tensors
     means = torch.tensor([totals[k] / steps for k in totals], dtype=torch.float64, device=device)
     means = mean_over_ranks(means, ranks)
-    return {f"train_{k}": float(v) for k, v in zip(totals, means, strict=True)}
+    out = {f"train_{k}": float(v) for k, v in zip(totals, means, strict=True)}
+    if shares:
+        out["train_rank_grad_share"] = float(np.mean(shares))
+    return out
+
+
+def rank_gradient_share(model: nn.Module, parts: dict[str, torch.Tensor], weight: float) -> float:
+    """``||w grad(rank)|| / (||grad(ce)|| + ||w grad(rank)||)`` over the model's parameters: the
+    ranking loss's share of the gradient's magnitude at weight ``w`` (0: none, 0.5: as large as
+    cross-entropy's, near 1: it dominates). The sum of the two, not the norm of their sum, is
+    the denominator: the two gradients can point apart, and the norm of their sum be smaller
+    than either.
+
+    Measured on the rank's own graph (``parts`` not detached), without touching ``.grad``; in
+    data-parallel runs it is not measured (DDP's gradient hooks must see one backward per step).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    ce = torch.autograd.grad(parts["ce"], params, retain_graph=True, allow_unused=True)
+    rank = torch.autograd.grad(weight * parts["rank"], params, retain_graph=True, allow_unused=True)
+    flat = [
+        (torch.zeros_like(p) if c is None else c, torch.zeros_like(p) if r is None else r)
+        for p, c, r in zip(params, ce, rank, strict=True)
+    ]
+    rank_norm = float(torch.sqrt(sum((r.float() ** 2).sum() for _, r in flat)))
+    ce_norm = float(torch.sqrt(sum((c.float() ** 2).sum() for c, _ in flat)))
+    return rank_norm / (ce_norm + rank_norm) if ce_norm + rank_norm > 0 else 0.0
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Any:

@@ -50,6 +50,18 @@ def classify_batch(
     return response.json()["predictions"]
 
 
+def send_feedback(
+    labels: Sequence[tuple[str, int | str]], url: str = DEFAULT_URL, timeout: float = 30.0
+) -> int:
+    """Send delayed true labels as ``(prediction_id, label)`` pairs (label: class index or
+    name); returns how many were counted (all). Raises ``httpx.HTTPStatusError`` on a refusal,
+    whose JSON body lists every refused item; then none was counted."""
+    items = [{"prediction_id": i, "label": label} for i, label in labels]
+    response = httpx.post(f"{url}/feedback", json={"feedback": items}, timeout=timeout)
+    response.raise_for_status()
+    return int(response.json()["counted"])
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="+", type=Path, help="image files (PNG, JPEG, ...)")

@@ -42,6 +42,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 VERSION = 1
+MIN_KEY_BYTES = 16
 _BODY = struct.Struct(">B4sIHH8s")  # version, model, issued, class, conf, nonce
 TAG_BYTES = 12
 TOKEN_BYTES = _BODY.size + TAG_BYTES
@@ -104,8 +105,10 @@ class TokenSigner:
         clock: Callable[[], float] = time.time,
         nonce: Callable[[], bytes] = lambda: os.urandom(8),
     ) -> None:
-        if len(key) < 16:
-            raise ValueError(f"the feedback key must be at least 16 bytes, got {len(key)}")
+        if len(key) < MIN_KEY_BYTES:
+            raise ValueError(
+                f"the feedback key must be at least {MIN_KEY_BYTES} bytes, got {len(key)}"
+            )
         self._key = key
         self._model = model_fingerprint(model_version)
         self.max_age_s = max_age_s

@@ -280,9 +280,10 @@ class _ErrorRewriter:
         if message.get("more_body", False):
             return
         status = self.start["status"]
-        error, reason = _describe(status, b"".join(self.chunks))
+        body = b"".join(self.chunks)
+        error, reason = _describe(status, body)
         record_rejection(reason)
-        payload = json.dumps({"error": error, "reason": reason}).encode()
+        payload = json.dumps({"error": error, "reason": reason, **_details(body)}).encode()
         kept = [
             (k, v)
             for k, v in self.start.get("headers", [])
@@ -329,6 +330,18 @@ def _describe(status: int, body: bytes) -> tuple[str, str]:
         messages = [_validation_message(d) for d in detail]
         return "; ".join(messages), str(detail[0].get("type", fallback))
     return str(payload.get("error", payload)), str(payload.get("reason", fallback))
+
+
+def _details(body: bytes) -> dict[str, Any]:
+    """What our own refusals add to ``{"error", "reason"}`` (``/feedback``'s per-item
+    ``refused`` list), kept; other bodies add nothing."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return {}
+    if not isinstance(payload, dict) or not {"error", "reason"} <= payload.keys():
+        return {}
+    return {k: v for k, v in payload.items() if k not in ("error", "reason")}
 
 
 def _validation_message(error: dict[str, Any]) -> str:

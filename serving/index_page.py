@@ -22,10 +22,14 @@ ROUTES: tuple[tuple[str, str], ...] = (
         "POST /classify_batch",
         'JSON {"images": N x H x W (x C)} or the array as a .npy file, at the model size: one each',
     ),
+    (
+        "POST /feedback",
+        "delayed true labels of earlier answers, by prediction_id (with RANKCAL_FEEDBACK_KEY)",
+    ),
     ("GET /readyz", "200 once the model has run a warm-up batch, 503 before"),
     ("GET /livez, GET /healthz", "200 while the process runs"),
     ("GET /metrics", "Prometheus text: bentoml_service_* and rankcal_*"),
-    ("GET /docs.json", "the OpenAPI description of the two POST routes"),
+    ("GET /docs.json", "the OpenAPI description of the POST routes"),
     ("GET /schema.json", "BentoML's description of the service"),
     ("GET /", "this page"),
 )

@@ -20,6 +20,7 @@ from typing import Any
 OPENAPI_PATH = "/docs.json"
 ERROR_SCHEMA = "ErrorResponse"
 BOTH = ("/classify", "/classify_batch")
+POST_ROUTES = (*BOTH, "/feedback")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,23 @@ ERRORS: tuple[Refusal, ...] = (
         ("/classify",),
         "a float or 32-bit integer image whose values fit no known scale",
     ),
+    Refusal(
+        400,
+        "missing",
+        ("/feedback",),
+        "the body is no JSON object with a feedback list of {prediction_id, label} (the reason is "
+        "pydantic's error type: json_invalid, missing, string_type, too_long, ...)",
+    ),
+    Refusal(400, "malformed", ("/feedback",), "a prediction_id is not one of this service's"),
+    Refusal(400, "bad_label", ("/feedback",), "a label is no class index or class name"),
+    Refusal(400, "issued_in_future", ("/feedback",), "a prediction_id dated ahead of this clock"),
+    Refusal(403, "forged", ("/feedback",), "a prediction_id signed with another key, or altered"),
+    Refusal(404, "feedback_off", ("/feedback",), "the service runs without RANKCAL_FEEDBACK_KEY"),
+    Refusal(409, "other_model", ("/feedback",), "a prediction_id of another model version"),
+    Refusal(409, "replayed", ("/feedback",), "a label for this prediction_id was already counted"),
+    Refusal(410, "expired", ("/feedback",), "a prediction_id older than serve.feedback_max_age_s"),
+    Refusal(413, "too_large", ("/feedback",), "body over serve.max_request_bytes"),
+    Refusal(415, "unsupported_media_type", ("/feedback",), "another content type than JSON"),
     Refusal(429, "too_many_requests", BOTH, "serve.max_concurrency requests already in flight"),
     Refusal(503, "overloaded", ("/classify",), "adaptive batching missed serve.max_latency_ms"),
     Refusal(503, "timeout", BOTH, "no answer within serve.timeout_s"),
@@ -71,6 +89,10 @@ ERRORS: tuple[Refusal, ...] = (
 
 _PHRASES = {
     400: "Bad request",
+    403: "Forbidden",
+    404: "Not found",
+    409: "Conflict",
+    410: "Gone",
     413: "Payload too large",
     415: "Unsupported media type",
     422: "Unprocessable content",
@@ -122,7 +144,7 @@ def describe(
     max_items: int,
 ) -> dict[str, Any]:
     """``spec`` (BentoML's OpenAPI document) with the project's description, the batch route's
-    typed body (JSON and ``.npy``) and every refusal of both prediction routes.
+    typed body (JSON and ``.npy``) and every refusal of the POST routes.
 
     Args:
         spec: The document BentoML serves at ``/docs.json``.
@@ -161,6 +183,19 @@ def describe(
                 "type": "string",
                 "pattern": "^[a-z][a-z0-9_]{0,39}$",
                 "description": "a fixed label, also the metric's",
+            },
+            "refused": {
+                "type": "array",
+                "description": "/feedback only: every refused item (none of the request counted)",
+                "items": {
+                    "type": "object",
+                    "required": ["index", "reason", "error"],
+                    "properties": {
+                        "index": {"type": "integer", "minimum": 0},
+                        "reason": {"type": "string"},
+                        "error": {"type": "string"},
+                    },
+                },
             },
         },
     }
@@ -206,7 +241,7 @@ def describe(
             },
         }
         body["required"] = True
-    for route in BOTH:
+    for route in POST_ROUTES:
         if route in paths:
             paths[route]["post"]["responses"] = _responses(
                 paths[route]["post"].get("responses", {}), route

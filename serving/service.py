@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import json
 import logging
 import os
 import threading
@@ -26,7 +27,15 @@ from typing import Annotated, Any
 import bentoml
 import numpy as np
 from bentoml.validators import ContentType
-from pydantic import AfterValidator, BaseModel, BeforeValidator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+)
 from pydantic_core import PydanticCustomError
 from starlette.responses import Response
 
@@ -34,6 +43,7 @@ from pipeline import __version__
 from pipeline.config import ConfigError, ServeConfig, env_overrides, load_section, read_params
 from pipeline.preprocessing import match_channels
 from serving import npy, request_timeout
+from serving.feedback import MIN_KEY_BYTES, ReplayGuard, TokenSigner, judge
 from serving.guard import BodyStep, RequestGuard, error_response
 from serving.images import (
     InputError,
@@ -80,6 +90,25 @@ except ModelFileError as err:
 ROUTES: dict[str, tuple[str, ...]] = {
     "/classify": ("image/*", "application/octet-stream"),
     "/classify_batch": ("application/json", npy.MEDIA_TYPE),
+    "/feedback": ("application/json",),
+}
+# Delayed labels need every worker and replica to verify each other's prediction ids: one key,
+# given to all, or none (feedback off). A key made up per process would split the service.
+FEEDBACK_KEY = os.environ.get("RANKCAL_FEEDBACK_KEY", "").encode()
+if FEEDBACK_KEY and len(FEEDBACK_KEY) < MIN_KEY_BYTES:
+    raise SystemExit(
+        f"rankcal: cannot serve: RANKCAL_FEEDBACK_KEY has {len(FEEDBACK_KEY)} bytes, needs at "
+        f"least {MIN_KEY_BYTES} (e.g. `openssl rand -hex 32`)"
+    )
+# Status of a refused feedback request, by the reason of its first refused item.
+FEEDBACK_STATUS = {
+    "malformed": 400,
+    "bad_label": 400,
+    "issued_in_future": 400,
+    "forged": 403,
+    "other_model": 409,
+    "replayed": 409,
+    "expired": 410,
 }
 npy.register(field="images")
 
@@ -103,12 +132,28 @@ class Prediction(BaseModel):
     # the card's OOD score under its threshold, or input statistics unlike any training image
     is_ood: bool
     model_version: str
+    # signed: what POST /feedback needs to count a true label (null while feedback is off)
+    prediction_id: str | None
 
 
 class BatchPrediction(BaseModel):
     """Predictions for the images of one batch request, in request order."""
 
     predictions: list[Prediction]
+
+
+class FeedbackItem(BaseModel):
+    """One delayed true label: the ``prediction_id`` of an answer and the class it really was
+    (its index or its name)."""
+
+    prediction_id: Annotated[StrictStr, StringConstraints(max_length=64)]
+    label: StrictInt | StrictStr
+
+
+class FeedbackCounted(BaseModel):
+    """How many labels were counted (all of the request's)."""
+
+    counted: int
 
 
 def _fit_upload(data: bytes) -> bytes:
@@ -178,6 +223,12 @@ class ImageClassifier:
             provider=provider,
             min_predictions=SERVE.min_predictions,
         )
+        self.tokens = (
+            TokenSigner(FEEDBACK_KEY, card.model_version, SERVE.feedback_max_age_s)
+            if FEEDBACK_KEY
+            else None
+        )
+        self.replays = ReplayGuard(SERVE.feedback_replay_window_s, SERVE.feedback_remembered)
         if multiproc_dir := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             start_reaper(Path(multiproc_dir))  # a killed worker's gauges must not linger
         # In the background, so /livez answers while /readyz says 503 until the model has run.
@@ -236,11 +287,67 @@ class ImageClassifier:
         answer = BatchPrediction.model_validate({"predictions": self._predict(batch)})
         return Response(answer.model_dump_json(), media_type="application/json")
 
+    @bentoml.api(route="/feedback", output_spec=FeedbackCounted)
+    def feedback(
+        self,
+        feedback: Annotated[
+            list[FeedbackItem], Field(min_length=1, max_length=SERVE.feedback_max_items)
+        ],
+    ) -> FeedbackCounted | Response:
+        """Count delayed true labels of earlier predictions: all of the request's, or none.
+
+        Each item's ``prediction_id`` must be one this service issued (any worker or replica
+        with the same ``RANKCAL_FEEDBACK_KEY``), for the model it serves now, younger than
+        ``serve.feedback_max_age_s``, and not counted before by this worker within
+        ``serve.feedback_replay_window_s``.
+        """
+        if self.tokens is None:
+            return error_response(
+                404,
+                "feedback is off: start the service with RANKCAL_FEEDBACK_KEY set (the same key "
+                "on every replica)",
+                "feedback_off",
+            )
+        items = [(item.prediction_id, item.label) for item in feedback]
+        verdict = judge(items, self.tokens, self.replays, self.predictor.card.class_names)
+        for refused in verdict.refused:
+            self.metrics.record_feedback_refusal(refused.reason)
+        if verdict.refused:
+            first = verdict.refused[0]
+            more = len(verdict.refused) - 1
+            error = f"feedback[{first.index}]: {first.message}"
+            body = {
+                "error": error + (f" (and {more} more refused; nothing counted)" if more else ""),
+                "reason": first.reason,
+                "refused": [
+                    {"index": r.index, "reason": r.reason, "error": r.message}
+                    for r in verdict.refused
+                ],
+            }
+            logger.info("refused /feedback [POST]: %s", first.reason)
+            return Response(
+                json.dumps(body),
+                status_code=FEEDBACK_STATUS[first.reason],
+                media_type="application/json",
+            )
+        self.metrics.record_feedback(
+            np.asarray(verdict.confidence), np.asarray(verdict.correct, dtype=bool)
+        )
+        return FeedbackCounted(counted=len(verdict.correct))
+
     def _predict(self, batch: np.ndarray) -> list[dict[str, Any]]:
         out = self.predictor.predict(batch, batch_size=SERVE.max_batch_size)
         self.metrics.record_predictions(out.confidence, out.predicted, out.is_ood)
         self.metrics.record_inputs(out.input_stats)
-        return self.predictor.records(out)
+        records = self.predictor.records(out)
+        ids = (
+            self.tokens.issue_many(out.predicted.tolist(), out.confidence.tolist())
+            if self.tokens is not None
+            else [None] * len(records)
+        )
+        for record, prediction_id in zip(records, ids, strict=True):
+            record["prediction_id"] = prediction_id
+        return records
 
 
 def _cache_io_schemas(service: Any) -> None:

@@ -72,7 +72,14 @@ def container() -> dict[str, Any]:
 def test_the_deployment_runs_the_service_as_its_image_expects() -> None:
     pod = load("deployment.yaml")["spec"]["template"]["spec"]
     main = container()
-    env = {e["name"]: e["value"] for e in main["env"]}
+    env = {e["name"]: e["value"] for e in main["env"] if "value" in e}
+    # the feedback key comes from one Secret for every replica, and is optional (feedback off)
+    (key,) = [e for e in main["env"] if e["name"] == "RANKCAL_FEEDBACK_KEY"]
+    assert key["valueFrom"]["secretKeyRef"] == {
+        "name": "rankcal-feedback",
+        "key": "key",
+        "optional": True,
+    }
     # the settings by environment are serve keys the service accepts
     params = read_params(ROOT / "params.yaml")
     serve = env_overrides(params["serve"], "serve", env)

@@ -103,3 +103,15 @@ def test_table_columns_do_not_depend_on_key_order() -> None:
         "shift_est_err_s2",
         "train_seconds",
     ]
+
+
+def test_a_column_only_ranking_rows_have_is_kept_and_left_blank_for_ce(tmp_path: Path) -> None:
+    rows = [row("ce", 0, 88.0, 5.0), row("mndcg", 0, 87.0, 3.0, rank_grad_share=0.25)]
+    summaries = write_tables(rows, tmp_path)
+    assert "rank_grad_share" not in summaries[0] and summaries[1]["rank_grad_share"] == 0.25
+    with (tmp_path / "results_seeds.csv").open() as fh:
+        assert [r["rank_grad_share"] for r in csv.DictReader(fh)] == ["", "0.25"]
+    table = (tmp_path / "results.md").read_text().splitlines()
+    assert "rank share of gradient" in table[0]
+    column = table[0].split(" | ").index("rank share of gradient")
+    assert table[2].split(" | ")[column] == "" and table[3].split(" | ")[column] == "0.25"

@@ -189,3 +189,34 @@ def test_two_processes_train_and_only_rank_0_validates_logs_and_writes(
     assert load_checkpoint(tmp_path / "rank0" / "last.pt")["meta"]["fingerprint"] != (
         training.fingerprint(synthetic_prepared(), *configs(params, train=FAST))
     )  # a 2-process checkpoint does not resume a 1-process run
+
+
+def test_rank_gradient_share_by_hand() -> None:
+    """A linear map with weight [1, 0] on x = [1, 2]: grad(ce = out) = [1, 2], grad(rank =
+    3 out) = [3, 6]; with w = 0.5, w grad(rank) = [1.5, 3], so the share is
+    |[1.5, 3]| / (|[1, 2]| + |[1.5, 3]|) = 1.5 sqrt(5) / (2.5 sqrt(5)) = 0.6; against
+    rank = -3 out the gradients oppose, and the share is the same 0.6, not a ratio over 1."""
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 0.0]]))
+    out = model(torch.tensor([1.0, 2.0])).sum()
+    share = training.rank_gradient_share(model, {"ce": out, "rank": 3 * out}, weight=0.5)
+    assert share == pytest.approx(0.6)
+    opposed = training.rank_gradient_share(model, {"ce": out, "rank": -3 * out}, weight=0.5)
+    assert opposed == pytest.approx(0.6)
+    assert model.weight.grad is None  # measured aside: nothing accumulated
+
+
+def test_measuring_the_rank_share_leaves_training_unchanged(
+    params: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, loss_cfg, cfg = configs(params, loss={"name": "mndcg"}, train={**FAST, "epochs": 2})
+    monkeypatch.setattr(training, "GRAD_SHARE_EVERY", 3)
+    measured = train(synthetic_prepared(), model, loss_cfg, cfg, tmp_path / "measured")
+    monkeypatch.setattr(training, "GRAD_SHARE_EVERY", 0)  # never
+    plain = train(synthetic_prepared(), model, loss_cfg, cfg, tmp_path / "plain")
+    assert all(0 < row["train_rank_grad_share"] < 1 for row in measured.history)
+    assert all("train_rank_grad_share" not in row for row in plain.history)
+    a = load_checkpoint(tmp_path / "measured" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "plain" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

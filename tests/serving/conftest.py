@@ -208,13 +208,19 @@ def run_service(
 
 @contextlib.contextmanager
 def serving(
-    model: Path, folder: Path, *, extra_path: Sequence[Path] = (), **serve: Any
+    model: Path,
+    folder: Path,
+    *,
+    extra_path: Sequence[Path] = (),
+    environment: dict[str, str] | None = None,
+    **serve: Any,
 ) -> Iterator[RunningService]:
     """``bentoml serve`` of ``model`` on a free port, with the shipped params.yaml's ``serve``
-    keys overridden by ``serve``; params and log in ``folder``."""
+    keys overridden by ``serve`` and ``environment`` added to the environment; params and log
+    in ``folder``."""
     port = free_port()
     params = write_params(folder / "params.yaml", port=port, **serve)
-    env = service_env(model, params, extra_path)
+    env = {**service_env(model, params, extra_path), **(environment or {})}
     with run_service(serve_argv(), env, port, folder / "service.log") as running:
         yield running
 

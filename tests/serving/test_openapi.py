@@ -14,6 +14,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from pipeline import __version__
+from serving.feedback import REASONS as FEEDBACK_REASONS
 from serving.metrics import REJECTION_REASONS
 from serving.npy import MEDIA_TYPE, npy_bytes
 from serving.openapi import ERROR_SCHEMA, ERRORS, batch_images_schema, describe
@@ -35,6 +36,12 @@ BENTOML_LIKE = {
                 "requestBody": {"content": {"application/json": {"schema": {"type": "array"}}}},
             }
         },
+        "/feedback": {
+            "post": {
+                "responses": {"200": {"description": "ok"}, "500": {"description": "x"}},
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
+            }
+        },
         "/readyz": {"get": {"responses": {"200": {"description": "ok"}}}},
     },
     "components": {"schemas": {}},
@@ -52,7 +59,7 @@ def test_describe_sets_the_projects_info_and_keeps_the_input_untouched() -> None
     assert doc["paths"]["/readyz"] == BENTOML_LIKE["paths"]["/readyz"]
 
 
-@pytest.mark.parametrize("route", ["/classify", "/classify_batch"])
+@pytest.mark.parametrize("route", ["/classify", "/classify_batch", "/feedback"])
 def test_every_refusal_of_a_route_is_listed_with_the_error_body(route: str) -> None:
     answers = describe(BENTOML_LIKE, **FIGURES)["paths"][route]["post"]["responses"]
     expected = {str(e.status) for e in ERRORS if route in e.routes}
@@ -69,9 +76,16 @@ def test_the_refusals_cover_every_reason_the_service_counts() -> None:
     listed = {e.reason for e in ERRORS}
     # method_not_allowed answers other methods than the documented POST operations.
     assert set(REJECTION_REASONS) - {"method_not_allowed"} <= listed
-    # beyond the pre-registered ones: the .npy reader's, pydantic's (first of a family) and
-    # the batcher's
-    assert listed - set(REJECTION_REASONS) == {"bad_npy", "json_invalid", "overloaded"}
+    # beyond the pre-registered ones: the .npy reader's, pydantic's (first of a family), the
+    # batcher's, and /feedback's (every reason a feedback item is refused for, and its switch)
+    assert listed - set(REJECTION_REASONS) == {
+        "bad_npy",
+        "json_invalid",
+        "missing",
+        "overloaded",
+        "feedback_off",
+        *FEEDBACK_REASONS,
+    }
 
 
 def test_the_batch_schema_accepts_the_model_size_and_refuses_others() -> None:
