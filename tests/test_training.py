@@ -220,3 +220,33 @@ def test_measuring_the_rank_share_leaves_training_unchanged(
     a = load_checkpoint(tmp_path / "measured" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "plain" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bf16_where_the_device_computes_it_natively(
+    params: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, _, cfg = configs(params, train=FAST)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert training.precision(cfg, cuda) == "bf16"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert training.precision(cfg, cpu) == "fp32"  # emulated bf16 would be slower
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert training.precision(cfg, cpu) == "bf16"
+    fp32 = configs(params, train={**FAST, "bf16": False})[2]
+    assert training.precision(fp32, cpu) == training.precision(fp32, cuda) == "fp32"
+
+
+def test_training_learns_in_bf16_on_the_cpu_and_its_checkpoint_says_so(
+    params: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forced on (any CPU runs bf16 autocast, emulated where not native): it still learns, and
+    a bf16 checkpoint is not resumed by an fp32 run of the same params."""
+    monkeypatch.setattr(training, "native_bf16", lambda device: True)
+    model, loss_cfg, cfg = configs(params, loss={"name": "mndcg"}, train=FAST)
+    result = train(synthetic_prepared(), model, loss_cfg, cfg, tmp_path)
+    assert result.best_val_accuracy > 0.9
+    bf16 = load_checkpoint(tmp_path / "last.pt")["meta"]["fingerprint"]
+    data = synthetic_prepared()
+    assert bf16 == training.fingerprint(data, model, loss_cfg, cfg, 1, "bf16")
+    assert bf16 != training.fingerprint(data, model, loss_cfg, cfg, 1, "fp32")

@@ -1,0 +1,79 @@
+"""Compare two runs of the study seed by seed (e.g. fp32 training against bf16).
+
+Reads two per-seed tables (``study/results_seeds.csv``; an earlier one from git with
+``git show REV:study/results_seeds.csv > old.csv``), pairs rows by loss and seed, and prints for
+each loss and metric both runs' mean ± std over seeds and the paired difference (new - old)
+with its 95% t interval. "within spread": the difference's magnitude is at most the old run's
+standard deviation over seeds, i.e. the change is no larger than what a new seed does.
+
+Usage: python bench/compare_studies.py OLD.csv NEW.csv [--metrics accuracy ece ece_ts]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+from pipeline.metrics.seeds import paired_difference, spread
+
+
+def read_rows(path: Path) -> dict[tuple[str, int], dict[str, str]]:
+    with path.open() as fh:
+        return {(r["loss"], int(r["seed"])): r for r in csv.DictReader(fh)}
+
+
+def compare(
+    old: dict[tuple[str, int], dict[str, str]],
+    new: dict[tuple[str, int], dict[str, str]],
+    metrics: list[str],
+) -> list[dict[str, object]]:
+    """One entry per loss and metric over the (loss, seed) pairs both tables hold."""
+    out = []
+    for loss in dict.fromkeys(loss for loss, _ in old):
+        seeds = sorted(s for (name, s) in old if name == loss and (loss, s) in new)
+        if not seeds:
+            continue
+        for metric in metrics:
+            a = [float(old[(loss, s)][metric]) for s in seeds]
+            b = [float(new[(loss, s)][metric]) for s in seeds]
+            before, after = spread(a), spread(b)
+            diff = paired_difference(b, a)
+            out.append(
+                {
+                    "loss": loss,
+                    "metric": metric,
+                    "seeds": len(seeds),
+                    "old": before,
+                    "new": after,
+                    "diff": diff,
+                    "within_spread": abs(diff.mean) <= before.std,
+                }
+            )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("old", type=Path)
+    p.add_argument("new", type=Path)
+    p.add_argument("--metrics", nargs="+", default=["accuracy", "ece", "ece_ts"])
+    args = p.parse_args(argv)
+    rows = compare(read_rows(args.old), read_rows(args.new), args.metrics)
+    if not rows:
+        raise SystemExit("the two tables share no (loss, seed) pair")
+    print("| loss | metric | seeds | old | new | new - old [95% CI] | within spread |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        old, new, diff = r["old"], r["new"], r["diff"]
+        print(
+            f"| {r['loss']} | {r['metric']} | {r['seeds']} | {old.mean:.2f} ± {old.std:.2f} | "  # type: ignore[attr-defined]
+            f"{new.mean:.2f} ± {new.std:.2f} | {diff.mean:+.2f} [{diff.low:+.2f}, "  # type: ignore[attr-defined]
+            f"{diff.high:+.2f}] | {'yes' if r['within_spread'] else 'no'} |"  # type: ignore[attr-defined]
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""bench/compare_studies.py: two per-seed tables paired by loss and seed, by hand."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+
+def write(path: Path, rows: list[tuple[str, int, float, float]]) -> Path:
+    with path.open("w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["loss", "seed", "accuracy", "ece"])
+        out.writerows(rows)
+    return path
+
+
+def test_paired_by_seed_with_the_old_spread_as_the_yardstick(tmp_path: Path) -> None:
+    """ECE old [5, 4, 6] (std 1), new [5.5, 4.5, 6.5]: +0.5 each seed, within spread. Accuracy
+    old [88, 89, 90] (std 1), new [86, 87, 88]: -2 each seed, beyond it. mrl only in the old
+    table: left out."""
+    old = write(
+        tmp_path / "old.csv",
+        [("ce", 0, 88, 5), ("ce", 1, 89, 4), ("ce", 2, 90, 6), ("mrl", 0, 87, 3)],
+    )
+    new = write(tmp_path / "new.csv", [("ce", 2, 88, 6.5), ("ce", 0, 86, 5.5), ("ce", 1, 87, 4.5)])
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "compare_studies.py"),
+            str(old),
+            str(new),
+            "--metrics",
+            "accuracy",
+            "ece",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 4  # header, rule, ce accuracy, ce ece
+    assert lines[2] == (
+        "| ce | accuracy | 3 | 89.00 ± 1.00 | 87.00 ± 1.00 | -2.00 [-2.00, -2.00] | no |"
+    )
+    assert lines[3].startswith("| ce | ece | 3 | 5.00 ± 1.00 | 5.50 ± 1.00 | +0.50 [+0.50, +0.50]")
+    assert lines[3].endswith("| yes |")
+
+
+def test_tables_without_a_common_pair_are_an_error(tmp_path: Path) -> None:
+    old = write(tmp_path / "old.csv", [("ce", 0, 88, 5)])
+    new = write(tmp_path / "new.csv", [("ce", 1, 88, 5)])
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "compare_studies.py"), str(old), str(new)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0 and "share no (loss, seed) pair" in done.stderr
