@@ -23,6 +23,7 @@ import torch
 from pipeline.config import load_section, read_params
 from pipeline.models import build_model
 from pipeline.objective import compute_loss
+from pipeline.training import batchnorm_in_fp32
 
 OBJECTIVES = {"ce": 0, "mixup": 1, "mrl": 1, "mndcg": 3}  # name -> mixed copies
 
@@ -40,6 +41,8 @@ def main() -> None:
     shape = (1, 28, 28)  # the default dataset, Fashion-MNIST
     model = build_model(model_cfg.arch, num_classes=10, in_channels=shape[0])
     model.to(memory_format=torch.channels_last)
+    if "bf16" in args.precisions:
+        batchnorm_in_fp32(model)  # as training does under CPU bf16 (a no-op cast in fp32)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(args.batch_size, *shape).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (args.batch_size,))

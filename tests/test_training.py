@@ -250,3 +250,26 @@ def test_training_learns_in_bf16_on_the_cpu_and_its_checkpoint_says_so(
     data = synthetic_prepared()
     assert bf16 == training.fingerprint(data, model, loss_cfg, cfg, 1, "bf16")
     assert bf16 != training.fingerprint(data, model, loss_cfg, cfg, 1, "fp32")
+
+
+def test_batchnorm_sees_float32_under_cpu_bf16_autocast() -> None:
+    """Without the hook a BatchNorm after a convolution gets bf16 under CPU autocast (and its
+    statistics in bf16 turned a small ResNet's validation logits to NaN: test_pipeline_e2e)."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    seen: list[torch.dtype] = []
+    net[1].register_forward_hook(lambda _m, args, _out: seen.append(args[0].dtype))
+    x = torch.randn(2, 1, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        net(x)
+        training.batchnorm_in_fp32(net)
+        net(x)
+    assert seen == [torch.bfloat16, torch.float32]
+    assert list(net.state_dict()) == [
+        "0.weight",
+        "0.bias",
+        "1.weight",
+        "1.bias",
+        "1.running_mean",
+        "1.running_var",
+        "1.num_batches_tracked",
+    ]
