@@ -281,9 +281,13 @@ class _ErrorRewriter:
             return
         status = self.start["status"]
         body = b"".join(self.chunks)
-        error, reason = _describe(status, body)
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+        error, reason = _describe_parsed(status, body, parsed)
         record_rejection(reason)
-        payload = json.dumps({"error": error, "reason": reason, **_details(body)}).encode()
+        payload = json.dumps({"error": error, "reason": reason, **_details(parsed)}).encode()
         kept = [
             (k, v)
             for k, v in self.start.get("headers", [])
@@ -309,12 +313,17 @@ def _is_refusal(status: int) -> bool:
 
 def _describe(status: int, body: bytes) -> tuple[str, str]:
     """Message and reason of an error body from our endpoints, pydantic or BentoML."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    return _describe_parsed(status, body, parsed)
+
+
+def _describe_parsed(status: int, body: bytes, payload: Any) -> tuple[str, str]:
+    """:func:`_describe` of a body already parsed as JSON (``None`` if it is no JSON)."""
     if status == HTTPStatus.SERVICE_UNAVAILABLE:
         return "overloaded: the batch could not be served within serve.max_latency_ms", "overloaded"
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        payload = None
     if isinstance(payload, list) and payload:
         payload = payload[0]  # BentoML 1.4.40 wraps a BentoMLException's body in a list
     try:
@@ -332,13 +341,9 @@ def _describe(status: int, body: bytes) -> tuple[str, str]:
     return str(payload.get("error", payload)), str(payload.get("reason", fallback))
 
 
-def _details(body: bytes) -> dict[str, Any]:
+def _details(payload: Any) -> dict[str, Any]:
     """What our own refusals add to ``{"error", "reason"}`` (``/feedback``'s per-item
-    ``refused`` list), kept; other bodies add nothing."""
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        return {}
+    ``refused`` list), kept; other bodies (``payload`` is the parsed JSON) add nothing."""
     if not isinstance(payload, dict) or not {"error", "reason"} <= payload.keys():
         return {}
     return {k: v for k, v in payload.items() if k not in ("error", "reason")}
