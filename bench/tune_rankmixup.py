@@ -19,7 +19,7 @@ from typing import Any
 
 from pipeline.config import load_section, read_params
 from pipeline.data import load_checksums, prepare_data
-from pipeline.study import study_train_config
+from pipeline.study import study_data_config, study_train_config
 from pipeline.training import train
 
 # (name, loss overrides): the paper's defaults first, then the knobs the paper names
@@ -56,11 +56,8 @@ def main() -> None:
         load_section(params, s) for s in ("data", "model", "loss", "train", "study")
     )
     data = prepare_data(
-        data_cfg.dataset,
+        dataclasses.replace(study_data_config(data_cfg, study), ood=[]),
         Path("data/raw"),
-        val_fraction=data_cfg.val_fraction,
-        seed=data_cfg.seed,
-        ood_names=[],
         max_train=study.max_train,
         system_dir=Path("/usr/share/datasets/fashion-mnist"),
         checksums={"fashion_mnist": load_checksums(Path("checksums/fashion-mnist.sha256"))},

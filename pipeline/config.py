@@ -299,6 +299,7 @@ class StudyConfig:
     __pydantic_config__ = STRICT_KEYS
 
     max_train: Int
+    val_fraction: Float
     epochs: Int
     augment: Literal["crop_flip", "crop", "none"]
     losses: list[Str]
@@ -307,6 +308,8 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         _check("study.max_train", self.max_train, self.max_train >= 10, ">= 10")
+        ok = 0 < self.val_fraction < 1
+        _check("study.val_fraction", self.val_fraction, ok, "in (0, 1)")
         ok = len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds)
         _check("study.seeds", self.seeds, ok, "a non-empty list without repeats")
         _check("study.epochs", self.epochs, self.epochs >= 1, ">= 1")

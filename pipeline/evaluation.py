@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from pipeline.calibration import estimated_accuracy, fit_temperature, softmax
 from pipeline.config import EvaluateConfig
-from pipeline.data.corruptions import corrupt
+from pipeline.data.corruptions import corrupt, severity_table
 from pipeline.data.prepared import PreparedData
 from pipeline.data.split import stratified_subset
 from pipeline.drift import bin_counts, psi
@@ -292,7 +292,9 @@ def shift_study(
     :func:`pipeline.feature_norm.reference`), each row also has ``feature_psi``, and
     ``drift_psi``, the larger of the two: what the service's validity signal compares.
 
-    ``outputs_of`` maps uint8 images to their logits and feature norms (or ``None``).
+    ``outputs_of`` maps uint8 images to their logits and feature norms (or ``None``). The
+    severities' parameters are the dataset's own where it has a table
+    (:func:`pipeline.data.corruptions.severity_table`), else CIFAR-C's.
 
     References:
         Hendrycks & Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions
@@ -305,9 +307,12 @@ def shift_study(
         images, labels = images[keep], labels[keep]
     rows = [("clean", 0, images)]
     rows += [(name, level, None) for name in cfg.corruptions for level in cfg.severities]
+    table = severity_table(data.dataset)
     results: dict[str, Any] = {}
     for name, level, clean in tqdm(rows, desc="shift", leave=False, disable=None):
-        batch = clean if clean is not None else corrupt(images, name, level, seed=level)
+        batch = (
+            clean if clean is not None else corrupt(images, name, level, seed=level, table=table)
+        )
         logits, norms = outputs_of(batch)
         probs = softmax(logits, temperature)
         acc = float((probs.argmax(1) == labels).mean())

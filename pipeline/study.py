@@ -18,7 +18,14 @@ from typing import Any
 import numpy as np
 
 from pipeline.checkpoint import load_model
-from pipeline.config import EvaluateConfig, LossConfig, ModelConfig, StudyConfig, TrainConfig
+from pipeline.config import (
+    DataConfig,
+    EvaluateConfig,
+    LossConfig,
+    ModelConfig,
+    StudyConfig,
+    TrainConfig,
+)
 from pipeline.data.prepared import PreparedData
 from pipeline.evaluation import evaluate
 from pipeline.training import train
@@ -53,6 +60,11 @@ def study_runs(loss_cfg: LossConfig, study: StudyConfig) -> list[StudyRun]:
         )
         runs.append(StudyRun(t.name, tuned))
     return runs
+
+
+def study_data_config(data_cfg: DataConfig, study: StudyConfig) -> DataConfig:
+    """The ``data`` section with the study's validation share (its pool is ``max_train``)."""
+    return dataclasses.replace(data_cfg, val_fraction=study.val_fraction)
 
 
 def study_train_config(train_cfg: TrainConfig, study: StudyConfig, seed: int) -> TrainConfig:

@@ -18,7 +18,13 @@ from typing import Any
 from pipeline.config import ConfigError, StudyConfig, load_section
 from pipeline.data import DataError
 from pipeline.io import write_json
-from pipeline.study import row_id, run_row, study_runs, study_train_config
+from pipeline.study import (
+    row_id,
+    run_row,
+    study_data_config,
+    study_runs,
+    study_train_config,
+)
 from pipeline.study_table import plot_shift, write_tables
 from stages.common import parser, setup
 from stages.download import add_source_args, prepare
@@ -47,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"no study row {args.name!r}; rows are {list(runs)}")
         if args.seed is None:
             raise ConfigError(f"run {args.name} needs --seed (study.seeds: {study.seeds})")
-        data = prepare(load_section(params, "data"), args, max_train=study.max_train)
+        data_cfg = study_data_config(load_section(params, "data"), study)
+        data = prepare(data_cfg, args, max_train=study.max_train)
         row = run_row(
             data,
             runs[args.name],

@@ -216,3 +216,17 @@ def test_model_card_numbers_are_strict() -> None:
     raw = {"bin_edges": [0.0, 0.5, 1.0], "counts": [1, "2"], "mean": 0.5}
     with pytest.raises(ConfigError, match=r"card\.counts\[1\] must be of type int, got '2'"):
         parse_dataclass(ReferenceConfidence, raw, "card")
+
+
+def test_study_validation_share_is_checked_and_applied(params: dict[str, Any]) -> None:
+    from pipeline.study import study_data_config
+
+    study = load_section(params, "study")
+    data = study_data_config(load_section(params, "data"), study)
+    # the study's 2,000 of 10,000 for validation; everything else is the data section's
+    assert study.val_fraction * study.max_train == 2000
+    assert data.val_fraction == study.val_fraction
+    assert data.seed == params["data"]["seed"] and data.dataset == params["data"]["dataset"]
+    params["study"]["val_fraction"] = 1.5
+    with pytest.raises(ConfigError, match=r"study.val_fraction.*in \(0, 1\)"):
+        load_section(params, "study")

@@ -249,3 +249,34 @@ def test_test_ece_has_its_bootstrap_interval(evaluated: tuple[Any, Any, Path]) -
         assert low <= test[name]["ece"] <= high  # percent, like the ECE
     figures = summary(evaluated[0].metrics)
     assert [figures["ece_ci95_low"], figures["ece_ci95_high"]] == test["scaled"]["ece_ci95"]
+
+
+def test_shift_study_corrupts_with_the_datasets_own_severities(
+    evaluated: tuple[Any, Any, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline import evaluation
+    from pipeline.config import read_params
+    from pipeline.data import corruptions
+    from tests.conftest import ROOT
+
+    _, data, _ = evaluated
+    params = read_params(ROOT / "params.yaml")
+    params["evaluate"].update(corruptions=["contrast"], severities=[2], shift_images=40)
+    cfg = load_section(params, "evaluate")
+    seen: list[np.ndarray] = []
+
+    def outputs_of(images: np.ndarray) -> tuple[np.ndarray, None]:
+        seen.append(images)
+        return np.zeros((len(images), 4)), None
+
+    # A dataset with a table of its own is corrupted with it, any other with CIFAR-C's values.
+    own = {**corruptions.SEVERITY_PARAMS, "contrast": (1.0, 0.5, 0.5, 0.5, 0.5)}
+    monkeypatch.setitem(corruptions.SEVERITY_TABLES, "synthetic", own)
+    evaluation.shift_study(outputs_of, data, cfg, temperature=1.0)
+    clean, corrupted = seen
+    expected = corruptions.contrast(clean, 0.5, np.random.default_rng(0))
+    np.testing.assert_array_equal(corrupted, expected)
+    seen.clear()
+    other = dataclasses.replace(data, dataset="cifar10")
+    evaluation.shift_study(outputs_of, other, cfg, temperature=1.0)
+    np.testing.assert_array_equal(seen[1], corruptions.contrast(seen[0], 0.3, None))  # type: ignore[arg-type]
