@@ -7,7 +7,7 @@ machine noise hits them alike; each is reported as a ratio to fp32 ``ce``, and b
 speed-up over fp32. Channels-last, as training runs.
 
 Usage: python bench/train_step.py [--params params.yaml] [--rounds 20] [--batch-size 128]
-    [--precisions fp32 bf16]
+    [--precisions fp32 bf16] [--arch wrn16_4]
 """
 
 from __future__ import annotations
@@ -34,8 +34,11 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
+    p.add_argument("--arch", help="another network than model.arch (e.g. the paper regime's)")
     args = p.parse_args()
     params = read_params(args.params)
+    if args.arch:
+        params["model"]["arch"] = args.arch
     model_cfg, base_loss = load_section(params, "model"), load_section(params, "loss")
     torch.manual_seed(0)
     shape = (1, 28, 28)  # the default dataset, Fashion-MNIST
