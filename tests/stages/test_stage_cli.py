@@ -298,3 +298,33 @@ def test_train_metrics_are_flat_and_in_percent() -> None:
         "resumed_from_epoch": 0,
         "seconds": 12.5,
     }
+
+
+def test_paper_regime_preset_sets_the_papers_recipe_and_its_stages_read_it() -> None:
+    import yaml
+
+    from pipeline.config import load_section, read_params
+    from pipeline.study import study_runs
+
+    path = ROOT / "presets" / "study_paper.yaml"
+    params = read_params(path)
+    sections = {s: load_section(params, s) for s in ("model", "loss", "train", "study")}
+    model, loss, train, study = sections.values()
+    assert model.arch == "wrn16_4" and study.augment == "crop_flip"
+    # the paper's settings: lr 0.1, x0.1 at 40% and 60% of the epochs, w 0.1, alpha 2, m 2, N 3
+    assert train.lr == 0.1 and train.schedule == "multistep" and train.lr_gamma == 0.1
+    assert train.milestones == [round(0.4 * study.epochs), round(0.6 * study.epochs)]
+    assert (loss.weight, loss.alpha, loss.margin, loss.num_mixes) == (0.1, 2.0, 2.0, 3)
+    assert loss.mrl_mask == "faithful" and train.grad_clip == 2.0
+    assert study.val_fraction * study.max_train == 2000  # validation images
+    rows = [r.name for r in study_runs(loss, study)]
+    assert rows == ["ce", "mixup", "mrl", "mndcg", "mrl_tuned", "mndcg_tuned"]
+    # Its DVC file runs every row and seed on that file and writes under study/paper only.
+    stages = yaml.safe_load((ROOT / "study" / "paper" / "dvc.yaml").read_text())["stages"]
+    assert stages.keys() == {"loss", "tuned", "table"}
+    for stage in stages.values():
+        assert "--params presets/study_paper.yaml" in stage["cmd"]
+        assert "study/paper/rows" in stage["cmd"]
+        assert list(stage["params"][0]) == ["presets/study_paper.yaml"]
+        outs = [next(iter(o)) if isinstance(o, dict) else o for o in stage["outs"]]
+        assert all(o.startswith("study/paper/") for o in outs)
