@@ -215,33 +215,39 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(
 ) -> None:
     images = sample_images(32, seed=12)
     expected = offline(exported_model, images)
-    before = Metrics.scrape(service.url)
+    bodies = [png_bytes(im) for im in images]
 
     async def send_all() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
             return await asyncio.gather(
                 *[
-                    client.post(
-                        "/classify", content=png_bytes(im), headers={"Content-Type": "image/png"}
-                    )
-                    for im in images
+                    client.post("/classify", content=b, headers={"Content-Type": "image/png"})
+                    for b in bodies
                 ]
             )
 
-    responses = asyncio.run(send_all())
-    for response, probs in zip(responses, expected, strict=True):
-        assert response.status_code == 200, response.text
-        assert_matches(response.json(), probs, exported_model)
-    after = Metrics.scrape(service.url)
+    # Whether BentoML joins requests depends on how they arrive: on a machine busy with other
+    # work a burst can reach it one by one. Up to three bursts; every answer is checked in each,
+    # and batching must have joined requests in one of them.
     name = "bentoml_service_adaptive_batch_size"
-    calls = after.get(f"{name}_count", method_name="classify") - before.get(
-        f"{name}_count", method_name="classify"
-    )
-    singles = after.get(f"{name}_bucket", method_name="classify", le="1.0") - before.get(
-        f"{name}_bucket", method_name="classify", le="1.0"
-    )
-    assert 0 < calls < len(images)  # adaptive batching joined some requests
-    assert singles < calls
+    for _ in range(3):
+        before = Metrics.scrape(service.url)
+        responses = asyncio.run(send_all())
+        for response, probs in zip(responses, expected, strict=True):
+            assert response.status_code == 200, response.text
+            assert_matches(response.json(), probs, exported_model)
+        after = Metrics.scrape(service.url)
+        calls = after.get(f"{name}_count", method_name="classify") - before.get(
+            f"{name}_count", method_name="classify"
+        )
+        singles = after.get(f"{name}_bucket", method_name="classify", le="1.0") - before.get(
+            f"{name}_bucket", method_name="classify", le="1.0"
+        )
+        assert 0 < calls <= len(images)
+        if calls < len(images):  # adaptive batching joined some requests
+            assert singles < calls
+            return
+    pytest.fail("adaptive batching joined no requests in three bursts of 32")
 
 
 def test_batch_endpoint_matches_offline_onnx(
