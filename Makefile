@@ -90,7 +90,7 @@ study: setup
 	dvc repro study/dvc.yaml
 
 # The same comparison in the paper's regime (presets/study_paper.yaml: a wide residual network,
-# crop + flip, the paper's schedule and settings; about an hour per seed on 2 CPU cores).
+# crop + flip, the paper's schedule and settings; about 2 hours per seed on 2 CPU cores).
 study-paper: setup
 	dvc repro study/paper/dvc.yaml
 
