@@ -70,10 +70,6 @@ def test_change_grows_with_severity(
     name: str, shape: tuple[int, int, int, int], table: str
 ) -> None:
     params = severity_table(table)
-    if name == "pixelate" and table == "fashion_mnist":
-        # 8 then 7 blocks across 28 px: how much a synthetic image changes depends on where
-        # its edges fall in the blocks; the block counts themselves fall (the test below).
-        pytest.skip("pixelate's fitted steps are checked by their block counts")
     images = structured_batch((64, *shape[1:]), seed=3)  # 64: block-alignment noise averages out
     clean = images.astype(np.float64)
     changes = [
@@ -81,6 +77,12 @@ def test_change_grows_with_severity(
         for s in range(1, 6)
     ]
     assert changes[0] > 0
+    if name == "pixelate" and table == "fashion_mnist":
+        # 8 then 7 blocks across 28 px: how much a synthetic image changes depends on where its
+        # edges fall in the blocks, so only the ends are compared here; the block counts
+        # themselves fall step by step (test_fashion_mnist_pixelate_and_occlusion_steps...).
+        assert changes[-1] > changes[0], changes
+        return
     assert all(a < b for a, b in itertools.pairwise(changes)), changes
 
 
