@@ -267,13 +267,18 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
-class TunedRun:
-    """A named study row with RankMixup settings found on the validation split."""
+class RankingSettings:
+    """RankMixup's settings of study rows: the ranking weight w, the MRL margin m, the mixing
+    coefficient's Beta(alpha, alpha), M-NDCG's mixed copies N and MRL's mask.
+
+    ``study.paper`` holds the paper's, which the plain rows (``study.losses``) train with; each
+    tuned row names its own. The study takes none of them from the ``loss`` section, so the
+    pipeline's defaults can follow the study's evidence without changing what a row measures.
+    """
 
     __pydantic_config__ = STRICT_KEYS
+    _key = "study.paper"  # how errors name the keys (not a field: it has no annotation)
 
-    name: Str
-    loss: Str
     weight: Float
     margin: Float
     alpha: Float
@@ -281,19 +286,35 @@ class TunedRun:
     mrl_mask: Literal["faithful", "per_sample"]
 
     def __post_init__(self) -> None:
+        _check(f"{self._key}.weight", self.weight, self.weight >= 0, ">= 0")
+        _check(f"{self._key}.margin", self.margin, self.margin >= 0, ">= 0")
+        _check(f"{self._key}.alpha", self.alpha, self.alpha > 0, "> 0")
+        _check(f"{self._key}.num_mixes", self.num_mixes, self.num_mixes >= 1, ">= 1")
+
+
+@dataclass(frozen=True)
+class TunedRun(RankingSettings):
+    """A named study row with RankMixup settings found on the validation split."""
+
+    __pydantic_config__ = STRICT_KEYS
+    _key = "study.tuned"
+
+    name: Str
+    loss: Str
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         _choice("study.tuned.loss", self.loss, ("mrl", "mndcg"))
-        _check("study.tuned.weight", self.weight, self.weight >= 0, ">= 0")
-        _check("study.tuned.margin", self.margin, self.margin >= 0, ">= 0")
-        _check("study.tuned.alpha", self.alpha, self.alpha > 0, "> 0")
-        _check("study.tuned.num_mixes", self.num_mixes, self.num_mixes >= 1, ">= 1")
 
 
 @dataclass(frozen=True)
 class StudyConfig:
     """``study`` section: the regime of the loss comparison (``make study``).
 
-    The other sections supply everything else (dataset, model, optimiser, loss settings), so the
-    study differs from the main run only in what is named here.
+    The other sections supply everything else (dataset, model, optimiser, the ``loss``
+    section's mixing, smoothing and focal settings), so the study differs from the main run only
+    in what is named here. The RankMixup settings are the study's own (``paper``, ``tuned``):
+    the rows measure fixed settings whatever the pipeline's defaults are.
     """
 
     __pydantic_config__ = STRICT_KEYS
@@ -303,6 +324,7 @@ class StudyConfig:
     epochs: Int
     augment: Literal["crop_flip", "crop", "none"]
     losses: list[Str]
+    paper: RankingSettings
     tuned: list[TunedRun]
     seeds: list[Int]
 

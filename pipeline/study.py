@@ -23,6 +23,7 @@ from pipeline.config import (
     EvaluateConfig,
     LossConfig,
     ModelConfig,
+    RankingSettings,
     StudyConfig,
     TrainConfig,
 )
@@ -44,22 +45,29 @@ class StudyRun:
 def study_runs(loss_cfg: LossConfig, study: StudyConfig) -> list[StudyRun]:
     """The study's rows in table order: each of ``study.losses``, then the tuned rows.
 
-    Every row inherits the ``loss`` section and changes only what its name or tuned entry sets,
-    so rows differ in the objective alone.
+    Every row starts from the ``loss`` section and sets its objective and RankMixup settings:
+    the plain rows ``study.paper``'s (the paper's), a tuned row its own. So rows differ in the
+    objective alone, and changing the ``loss`` section's ranking settings (the pipeline's
+    defaults) leaves every row as it was; its mixing, smoothing and focal settings still apply
+    (:data:`INHERITED_LOSS_KEYS`).
     """
-    runs = [StudyRun(name, dataclasses.replace(loss_cfg, name=name)) for name in study.losses]
-    for t in study.tuned:
-        tuned = dataclasses.replace(
-            loss_cfg,
-            name=t.loss,
-            weight=t.weight,
-            margin=t.margin,
-            alpha=t.alpha,
-            num_mixes=t.num_mixes,
-            mrl_mask=t.mrl_mask,
-        )
-        runs.append(StudyRun(t.name, tuned))
+    runs = [StudyRun(name, _with_settings(loss_cfg, name, study.paper)) for name in study.losses]
+    runs += [StudyRun(t.name, _with_settings(loss_cfg, t.loss, t)) for t in study.tuned]
     return runs
+
+
+def _with_settings(loss_cfg: LossConfig, name: str, settings: RankingSettings) -> LossConfig:
+    chosen = {f.name: getattr(settings, f.name) for f in dataclasses.fields(RankingSettings)}
+    return dataclasses.replace(loss_cfg, name=name, **chosen)
+
+
+# The ``loss`` keys a study row takes from the pipeline's section: all but the objective and the
+# RankMixup settings. The study's DVC stages depend on these alone (tests/test_study.py).
+INHERITED_LOSS_KEYS = tuple(
+    f.name
+    for f in dataclasses.fields(LossConfig)
+    if f.name != "name" and f.name not in {g.name for g in dataclasses.fields(RankingSettings)}
+)
 
 
 def study_data_config(data_cfg: DataConfig, study: StudyConfig) -> DataConfig:

@@ -160,6 +160,26 @@ def test_tuned_study_rows_parse_and_name_nested_keys(params: dict[str, Any]) -> 
         load_section(params, "study")
 
 
+def test_study_paper_settings_parse_and_name_their_keys(params: dict[str, Any]) -> None:
+    paper = {"weight": 0.1, "margin": 2.0, "alpha": 2.0, "num_mixes": 3, "mrl_mask": "faithful"}
+    params["study"]["paper"] = paper
+    assert load_section(params, "study").paper.num_mixes == 3
+    params["study"]["paper"] = {**paper, "num_mixes": 0}
+    with pytest.raises(ConfigError, match=r"study\.paper\.num_mixes"):
+        load_section(params, "study")
+    params["study"]["paper"] = {**paper, "name": "mrl"}  # the row names the objective
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['study.paper.name'\]"):
+        load_section(params, "study")
+    del params["study"]["paper"]
+    with pytest.raises(ConfigError, match=r"study\.paper"):
+        load_section(params, "study")
+    # A tuned row's range errors still name it as one.
+    params["study"]["paper"] = paper
+    params["study"]["tuned"] = [{**paper, "name": "t", "loss": "mrl", "alpha": 0.0}]
+    with pytest.raises(ConfigError, match=r"study\.tuned\.alpha"):
+        load_section(params, "study")
+
+
 def test_env_overrides_read_yaml_values_and_refuse_unknown_names(params: dict[str, Any]) -> None:
     serve = params["serve"]
     env = {

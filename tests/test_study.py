@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
+import yaml
 
 from pipeline.config import load_section
-from pipeline.study import StudyRun, run_study
+from pipeline.study import INHERITED_LOSS_KEYS, StudyRun, run_study, study_runs
 from pipeline.study_table import plot_shift, write_tables
-from tests.conftest import configs, synthetic_prepared
+from tests.conftest import ROOT, configs, synthetic_prepared
 
 
 def test_study_writes_one_row_per_loss_and_seed(params: dict[str, Any], tmp_path: Path) -> None:
@@ -68,3 +70,66 @@ def test_study_writes_one_row_per_loss_and_seed(params: dict[str, Any], tmp_path
     md = (tmp_path / "results.md").read_text().splitlines()
     assert md[0].startswith("| loss | seeds | accuracy") and len(md) == 4
     assert (tmp_path / "shift.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rows_take_ranking_settings_from_the_study_not_the_loss_section(
+    params: dict[str, Any],
+) -> None:
+    # The pipeline's defaults set one way, the study's paper settings and a tuned row another.
+    params["loss"].update(
+        name="mndcg", weight=1.0, num_mixes=2, margin=0.5, alpha=0.4, mrl_mask="per_sample"
+    )
+    params["loss"].update(mixing="cutmix", smoothing=0.2, focal_gamma=2.0)
+    paper = {"weight": 0.1, "margin": 2.0, "alpha": 2.0, "num_mixes": 3, "mrl_mask": "faithful"}
+    tuned = {**paper, "name": "mrl_tuned", "loss": "mrl", "weight": 1.5, "mrl_mask": "per_sample"}
+    params["study"].update(losses=["ce", "mixup", "mrl", "mndcg"], paper=paper, tuned=[tuned])
+    runs = study_runs(load_section(params, "loss"), load_section(params, "study"))
+
+    assert [(r.name, r.loss.name) for r in runs] == [
+        ("ce", "ce"),
+        ("mixup", "mixup"),
+        ("mrl", "mrl"),
+        ("mndcg", "mndcg"),
+        ("mrl_tuned", "mrl"),
+    ]
+    by_name = {r.name: r.loss for r in runs}
+    for name in ("ce", "mixup", "mrl", "mndcg"):
+        loss = by_name[name]
+        assert (loss.weight, loss.margin, loss.alpha, loss.num_mixes) == (0.1, 2.0, 2.0, 3)
+        assert loss.mrl_mask == "faithful"
+    t = by_name["mrl_tuned"]
+    assert (t.weight, t.margin, t.alpha, t.num_mixes, t.mrl_mask) == (
+        1.5,
+        2.0,
+        2.0,
+        3,
+        "per_sample",
+    )
+    # What the study does take from the loss section, every row alike.
+    for loss in by_name.values():
+        assert (loss.mixing, loss.smoothing, loss.focal_gamma) == ("cutmix", 0.2, 2.0)
+
+
+def test_inherited_loss_keys_are_the_loss_section_less_the_row_settings() -> None:
+    assert INHERITED_LOSS_KEYS == (
+        "mixing",
+        "mrl_copies",
+        "manifold_layer",
+        "smoothing",
+        "focal_gamma",
+    )
+
+
+@pytest.mark.parametrize("dvc_file", ["study/dvc.yaml", "study/paper/dvc.yaml"])
+def test_study_stages_depend_on_the_loss_keys_their_rows_inherit(dvc_file: str) -> None:
+    """A loss key a row inherits but its stage does not track would leave the study stale
+    without DVC noticing; one it tracks but does not use reruns it for nothing."""
+    stages = yaml.safe_load((ROOT / dvc_file).read_text())["stages"]
+    for name in ("loss", "tuned"):
+        listed = stages[name]["params"]
+        keys = next(iter(listed[0].values())) if isinstance(listed[0], dict) else listed
+        assert "loss" not in keys
+        loss_keys = [k.removeprefix("loss.") for k in keys if k.startswith("loss.")]
+        assert tuple(loss_keys) == INHERITED_LOSS_KEYS, (dvc_file, name)
+        assert ("study.paper" in keys) == (name == "loss")
+        assert ("study.tuned" in keys) == (name == "tuned")

@@ -314,8 +314,11 @@ def test_paper_regime_preset_sets_the_papers_recipe_and_its_stages_read_it() -> 
     # the paper's settings: lr 0.1, x0.1 at 40% and 60% of the epochs, w 0.1, alpha 2, m 2, N 3
     assert train.lr == 0.1 and train.schedule == "multistep" and train.lr_gamma == 0.1
     assert train.milestones == [round(0.4 * study.epochs), round(0.6 * study.epochs)]
-    assert (loss.weight, loss.alpha, loss.margin, loss.num_mixes) == (0.1, 2.0, 2.0, 3)
-    assert loss.mrl_mask == "faithful" and train.grad_clip == 2.0
+    paper = study.paper
+    assert (paper.weight, paper.alpha, paper.margin, paper.num_mixes) == (0.1, 2.0, 2.0, 3)
+    assert paper.mrl_mask == "faithful" and train.grad_clip == 2.0
+    runs = {r.name: r.loss for r in study_runs(loss, study)}
+    assert runs["mndcg"].weight == 0.1 and runs["mndcg"].num_mixes == 3
     assert study.val_fraction * study.max_train == 2000  # validation images
     rows = [r.name for r in study_runs(loss, study)]
     assert rows == ["ce", "mixup", "mrl", "mndcg", "mrl_tuned", "mndcg_tuned"]
