@@ -120,7 +120,9 @@ def test_inherited_loss_keys_are_the_loss_section_less_the_row_settings() -> Non
     )
 
 
-@pytest.mark.parametrize("dvc_file", ["study/dvc.yaml", "study/paper/dvc.yaml"])
+@pytest.mark.parametrize(
+    "dvc_file", ["study/dvc.yaml", "study/paper/dvc.yaml", "study/default/dvc.yaml"]
+)
 def test_study_stages_depend_on_the_loss_keys_their_rows_inherit(dvc_file: str) -> None:
     """A loss key a row inherits but its stage does not track would leave the study stale
     without DVC noticing; one it tracks but does not use reruns it for nothing."""

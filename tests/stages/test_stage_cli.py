@@ -331,3 +331,31 @@ def test_paper_regime_preset_sets_the_papers_recipe_and_its_stages_read_it() -> 
         assert list(stage["params"][0]) == ["presets/study_paper.yaml"]
         outs = [next(iter(o)) if isinstance(o, dict) else o for o in stage["outs"]]
         assert all(o.startswith("study/paper/") for o in outs)
+
+
+def test_default_regime_preset_is_the_pipelines_params_with_a_study_in_its_regime() -> None:
+    import yaml
+
+    from pipeline.config import load_section, read_params
+    from pipeline.study import study_runs
+
+    preset = read_params(ROOT / "presets" / "study_default.yaml")
+    params = read_params(ROOT / "params.yaml")
+    # Everything the rows train and evaluate with is the pipeline's own.
+    for section in params:
+        if section != "study":
+            assert preset[section] == params[section], section
+    study = load_section(preset, "study")
+    data, train = load_section(params, "data"), load_section(params, "train")
+    assert study.max_train == data.max_train and study.val_fraction == data.val_fraction
+    assert study.epochs == train.epochs and study.augment == train.augment
+    # Its tuned M-NDCG row trains what params.yaml's loss section trains.
+    runs = {r.name: r.loss for r in study_runs(load_section(params, "loss"), study)}
+    assert runs["mndcg_tuned"] == load_section(params, "loss")
+    assert runs["mndcg"].weight == 0.1 and runs["mndcg"].num_mixes == 3
+    stages = yaml.safe_load((ROOT / "study" / "default" / "dvc.yaml").read_text())["stages"]
+    for stage in stages.values():
+        assert "--params presets/study_default.yaml" in stage["cmd"]
+        assert list(stage["params"][0]) == ["presets/study_default.yaml"]
+        outs = [next(iter(o)) if isinstance(o, dict) else o for o in stage["outs"]]
+        assert all(o.startswith("study/default/") for o in outs)
