@@ -95,7 +95,7 @@ study-paper: setup
 	dvc repro study/paper/dvc.yaml
 
 # The same comparison in the default pipeline's regime (presets/study_default.yaml: 5 epochs on
-# 27,000 images with crop + flip; about 20 minutes on 2 CPU cores).
+# 27,000 images with crop + flip; about 15 minutes on 2 CPU cores).
 study-default: setup
 	dvc repro study/default/dvc.yaml
 

@@ -349,10 +349,10 @@ def test_default_regime_preset_is_the_pipelines_params_with_a_study_in_its_regim
     data, train = load_section(params, "data"), load_section(params, "train")
     assert study.max_train == data.max_train and study.val_fraction == data.val_fraction
     assert study.epochs == train.epochs and study.augment == train.augment
-    # Its tuned M-NDCG row trains what params.yaml's loss section trains.
+    # Its mndcg row (the paper's settings) trains what params.yaml's loss section trains.
     runs = {r.name: r.loss for r in study_runs(load_section(params, "loss"), study)}
-    assert runs["mndcg_tuned"] == load_section(params, "loss")
-    assert runs["mndcg"].weight == 0.1 and runs["mndcg"].num_mixes == 3
+    assert runs["mndcg"] == load_section(params, "loss")
+    assert runs["mndcg_tuned"].weight == 1.0 and runs["mndcg_tuned"].num_mixes == 2
     stages = yaml.safe_load((ROOT / "study" / "default" / "dvc.yaml").read_text())["stages"]
     for stage in stages.values():
         assert "--params presets/study_default.yaml" in stage["cmd"]
