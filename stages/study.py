@@ -26,6 +26,7 @@ from pipeline.study import (
     study_train_config,
 )
 from pipeline.study_table import plot_shift, write_tables
+from pipeline.training import DivergedError
 from stages.common import parser, setup
 from stages.download import add_source_args, prepare
 
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             load_section(params, "evaluate"),
             args.work / row_id(args.name, args.seed),
         )
-    except (ConfigError, DataError, FileNotFoundError) as err:
+    except (ConfigError, DataError, DivergedError, FileNotFoundError) as err:
         print(f"study: {err}", file=sys.stderr)
         return 2
     write_json(args.rows / f"{row_id(args.name, args.seed)}.json", row)

@@ -24,7 +24,7 @@ from pipeline.config import ConfigError, LossConfig, ModelConfig, TrainConfig, l
 from pipeline.data import DataError, PreparedData, load_prepared
 from pipeline.distributed import Ranks, die_with_parent, process_group, torchrun_command
 from pipeline.io import atomic_path, write_json
-from pipeline.training import TrainResult, select_device, train
+from pipeline.training import DivergedError, TrainResult, select_device, train
 from stages.common import parser, setup
 
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                 train(data, model_cfg, loss_cfg, train_cfg, args.checkpoints, ranks=ranks)
                 return 0
             result = train_and_log(data, model_cfg, loss_cfg, train_cfg, args, ranks)
-    except ConfigError as err:  # e.g. a batch too small for the number of processes
+    except (ConfigError, DivergedError) as err:  # a batch too small for the processes; NaN
         print(f"train: {err}", file=sys.stderr)
         return 2
     with atomic_path(args.model) as tmp:

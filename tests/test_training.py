@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -273,3 +275,62 @@ def test_batchnorm_sees_float32_under_cpu_bf16_autocast() -> None:
         "1.running_var",
         "1.num_batches_tracked",
     ]
+
+
+def _norms(monkeypatch: pytest.MonkeyPatch, bad: set[int], value: float) -> list[int]:
+    """Make ``clip_grad_norm_`` report ``value`` as the gradient norm on the steps in ``bad``
+    (0-based, counted over the run); it still clips as usual. Returns the call counter."""
+    calls = [0]
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def reporting(parameters: Any, max_norm: float) -> torch.Tensor:
+        norm = clip(parameters, max_norm)
+        calls[0] += 1
+        return torch.tensor(value) if calls[0] - 1 in bad else norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", reporting)
+    return calls
+
+
+def test_a_step_with_nonfinite_gradients_is_skipped_and_counted(
+    params: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = synthetic_prepared()
+    model, loss_cfg, cfg = configs(params, loss={"name": "ce"}, train={**FAST, "epochs": 1})
+    # Toy data: 240 training images, batches of 32, so 8 steps an epoch.
+    clean = train(data, model, loss_cfg, cfg, tmp_path / "clean")
+    assert "train_skipped_steps" not in clean.history[0]  # a clean run's metrics are unchanged
+
+    _norms(monkeypatch, bad={0}, value=float("inf"))
+    skipped = train(data, model, loss_cfg, cfg, tmp_path / "skipped")
+    assert skipped.history[0]["train_skipped_steps"] == 1.0
+    first = load_checkpoint(tmp_path / "clean" / "last.pt")["model"]
+    other = load_checkpoint(tmp_path / "skipped" / "last.pt")["model"]
+    assert any(not torch.equal(first[k], other[k]) for k in first)  # one update fewer
+
+
+def test_training_whose_every_step_is_nonfinite_stops_with_a_clear_error(
+    params: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, loss_cfg, cfg = configs(params, loss={"name": "ce"}, train={**FAST, "epochs": 1})
+    calls = _norms(monkeypatch, bad=set(range(100)), value=float("nan"))
+    with pytest.raises(training.DivergedError, match="in epoch 1: every step's gradients"):
+        train(synthetic_prepared(), model, loss_cfg, cfg, tmp_path)
+    assert calls[0] == 8  # one epoch, then the error
+    assert not (tmp_path / "best.pt").exists()  # nothing NaN is kept as the best model
+
+
+def test_nonfinite_validation_logits_stop_with_a_hint_at_bf16(
+    params: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def nan_logits(*args: Any, **kwargs: Any) -> np.ndarray:
+        return np.full((len(args[1]), 4), np.nan, dtype=np.float32)
+
+    monkeypatch.setattr(training, "predict_logits", nan_logits)
+    monkeypatch.setattr(training, "native_bf16", lambda device: True)
+    model, loss_cfg, cfg = configs(params, loss={"name": "ce"}, train={**FAST, "epochs": 1})
+    with pytest.raises(training.DivergedError, match=r"validation logits.*train.bf16: false"):
+        train(synthetic_prepared(), model, loss_cfg, dataclasses.replace(cfg, bf16=True), tmp_path)
+    monkeypatch.setattr(training, "native_bf16", lambda device: False)
+    with pytest.raises(training.DivergedError, match=r"lower train\.lr"):
+        train(synthetic_prepared(), model, loss_cfg, cfg, tmp_path / "fp32")
