@@ -5,7 +5,8 @@ over ``study.seeds``.
 ``study.tuned`` name) with seed S and writes ``--rows``/NAME-sS.json; checkpoints go under
 ``--work``/NAME-sS so a killed run resumes. ``table`` collects the rows in params order into
 ``--out``/results.csv (per row: mean, spread, paired difference from CE; committed),
-results_seeds.csv (every seed), results.md and shift.png.
+results_seeds.csv (every seed), results.md and shift.png; with ``--partial``, of the rows that
+have run so far (a study still running, or stopped part-way).
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=Path, default=Path("study/rows"))
     p.add_argument("--work", type=Path, default=Path("study/runs"))
     p.add_argument("--out", type=Path, default=Path("study"))
+    p.add_argument(
+        "--partial",
+        action="store_true",
+        help="table only: tabulate the rows that have run, leaving out the missing ones",
+    )
     args = p.parse_args(argv)
     try:
         params = setup(args)
@@ -47,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         runs = {r.name: r for r in study_runs(load_section(params, "loss"), study)}
         if args.command == "table":
             ids = [row_id(name, seed) for name in runs for seed in study.seeds]
+            if args.partial:
+                missing = [i for i in ids if not (args.rows / f"{i}.json").is_file()]
+                if len(missing) == len(ids):
+                    raise FileNotFoundError(f"no study row has run yet under {args.rows}")
+                if missing:
+                    print(f"study: left out (not run yet): {', '.join(missing)}", file=sys.stderr)
+                ids = [i for i in ids if i not in missing]
             summaries = write_tables([_read_row(args.rows / f"{i}.json") for i in ids], args.out)
             plot_shift(summaries, args.out / "shift.png")
             return 0

@@ -83,3 +83,16 @@ def test_unknown_row_and_missing_row_are_clear_errors(
     assert study.main(["table", *study_args]) == 2
     err = capsys.readouterr().err
     assert "ce-s0.json is missing: run `python -m stages.study run ce --seed 0`" in err
+
+
+def test_a_partial_table_has_the_rows_that_ran_and_names_the_others(
+    study_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert study.main(["table", "--partial", *study_args]) == 2
+    assert "no study row has run yet" in capsys.readouterr().err
+    assert study.main(["run", "ce", "--seed", "0", *study_args]) == 0
+    capsys.readouterr()
+    assert study.main(["table", "--partial", *study_args]) == 0
+    assert "left out (not run yet): mrl_tuned-s0" in capsys.readouterr().err
+    with (tmp_path / "out" / "results.csv").open() as fh:
+        assert [r["loss"] for r in csv.DictReader(fh)] == ["ce"]
