@@ -62,6 +62,12 @@ IN_MEMORY_SHARE = 0.25
 # Every this many steps, a ranking loss's share of the gradient is measured (two extra backward
 # passes, about 1% of an epoch's time at this interval); 0: never.
 GRAD_SHARE_EVERY = 50
+# A step with NaN or inf gradients is skipped (a rare one should not end a long run); more than
+# this share of an epoch's steps stops the run: such a model is not learning. Measured: bf16 on
+# the CPU, a ResNet-18 on 16x16 images in 8-image batches, whose last stage sees 1x1 feature
+# maps, had gradients of 1e20-1e32 there from the first step in 6 of 6 seeds (fp32: at most
+# 300); where some steps stayed finite it ended at chance accuracy.
+MAX_SKIPPED_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -383,9 +389,8 @@ def _train_epoch(
                 [p.grad for p in model.parameters() if p.grad is not None]
             )
         # A step with NaN or infinite gradients is skipped, as torch's GradScaler skips them:
-        # taken, it would make every weight NaN (measured: bf16 on CPU, a ResNet-18 whose last
-        # stage sees 1x1 feature maps, 8-image batches; tests/test_training.py). DDP has summed
-        # the gradients already, so every rank skips the same steps.
+        # taken, it would make every weight NaN (MAX_SKIPPED_SHARE). DDP has summed the
+        # gradients already, so every rank skips the same steps.
         if torch.isfinite(norm):
             optimizer.step()
         else:
@@ -399,8 +404,9 @@ def _train_epoch(
     out = {f"train_{k}": float(v) for k, v in zip(totals, means, strict=True)}
     if shares:
         out["train_rank_grad_share"] = float(np.mean(shares))
-    if skipped == steps:
-        raise DivergedError(_diverged("every step's gradients were NaN or inf", epoch, cfg, device))
+    if skipped > MAX_SKIPPED_SHARE * steps:
+        what = f"{skipped} of its {steps} steps had NaN or inf gradients"
+        raise DivergedError(_diverged(what, epoch, cfg, device))
     if skipped:  # only then: the metrics of a run without any stay as they were
         out["train_skipped_steps"] = float(skipped)
         logger.warning(

@@ -296,8 +296,10 @@ def test_a_step_with_nonfinite_gradients_is_skipped_and_counted(
     params: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = synthetic_prepared()
-    model, loss_cfg, cfg = configs(params, loss={"name": "ce"}, train={**FAST, "epochs": 1})
-    # Toy data: 240 training images, batches of 32, so 8 steps an epoch.
+    small = {**FAST, "epochs": 1, "batch_size": 8}
+    model, loss_cfg, cfg = configs(params, loss={"name": "ce"}, train=small)
+    steps = -(-len(data.train_idx) // 8)
+    assert steps > 1 / training.MAX_SKIPPED_SHARE  # so one skipped step is within the share
     clean = train(data, model, loss_cfg, cfg, tmp_path / "clean")
     assert "train_skipped_steps" not in clean.history[0]  # a clean run's metrics are unchanged
 
@@ -309,15 +311,20 @@ def test_a_step_with_nonfinite_gradients_is_skipped_and_counted(
     assert any(not torch.equal(first[k], other[k]) for k in first)  # one update fewer
 
 
-def test_training_whose_every_step_is_nonfinite_stops_with_a_clear_error(
+def test_an_epoch_with_too_many_nonfinite_steps_stops_with_a_clear_error(
     params: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model, loss_cfg, cfg = configs(params, loss={"name": "ce"}, train={**FAST, "epochs": 1})
-    calls = _norms(monkeypatch, bad=set(range(100)), value=float("nan"))
-    with pytest.raises(training.DivergedError, match="in epoch 1: every step's gradients"):
-        train(synthetic_prepared(), model, loss_cfg, cfg, tmp_path)
-    assert calls[0] == 8  # one epoch, then the error
-    assert not (tmp_path / "best.pt").exists()  # nothing NaN is kept as the best model
+    data = synthetic_prepared()
+    small = {**FAST, "epochs": 1, "batch_size": 8}
+    model, loss_cfg, cfg = configs(params, loss={"name": "ce"}, train=small)
+    steps = -(-len(data.train_idx) // 8)
+    bad = int(training.MAX_SKIPPED_SHARE * steps) + 1  # one over the share
+    calls = _norms(monkeypatch, bad=set(range(bad)), value=float("nan"))
+    match = f"in epoch 1: {bad} of its {steps} steps had NaN or inf gradients"
+    with pytest.raises(training.DivergedError, match=match):
+        train(data, model, loss_cfg, cfg, tmp_path)
+    assert calls[0] == steps  # the epoch ran out, then the error
+    assert not (tmp_path / "best.pt").exists()  # nothing is kept as the best model
 
 
 def test_nonfinite_validation_logits_stop_with_a_hint_at_bf16(
