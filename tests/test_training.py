@@ -292,13 +292,18 @@ def _norms(monkeypatch: pytest.MonkeyPatch, bad: set[int], value: float) -> list
     return calls
 
 
-def test_a_step_with_nonfinite_gradients_is_skipped_and_counted(
-    params: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _one_epoch_in_small_batches(params: dict[str, Any]) -> tuple[Any, ...]:
+    """Toy data, CE, one epoch of 8-image batches: the data, the three sections and the steps."""
     data = synthetic_prepared()
     small = {**FAST, "epochs": 1, "batch_size": 8}
     model, loss_cfg, cfg = configs(params, loss={"name": "ce"}, train=small)
-    steps = -(-len(data.train_idx) // 8)
+    return data, model, loss_cfg, cfg, -(-len(data.train_idx) // 8)
+
+
+def test_a_step_with_nonfinite_gradients_is_skipped_and_counted(
+    params: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, model, loss_cfg, cfg, steps = _one_epoch_in_small_batches(params)
     assert steps > 1 / training.MAX_SKIPPED_SHARE  # so one skipped step is within the share
     clean = train(data, model, loss_cfg, cfg, tmp_path / "clean")
     assert "train_skipped_steps" not in clean.history[0]  # a clean run's metrics are unchanged
@@ -314,10 +319,7 @@ def test_a_step_with_nonfinite_gradients_is_skipped_and_counted(
 def test_an_epoch_with_too_many_nonfinite_steps_stops_with_a_clear_error(
     params: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    data = synthetic_prepared()
-    small = {**FAST, "epochs": 1, "batch_size": 8}
-    model, loss_cfg, cfg = configs(params, loss={"name": "ce"}, train=small)
-    steps = -(-len(data.train_idx) // 8)
+    data, model, loss_cfg, cfg, steps = _one_epoch_in_small_batches(params)
     bad = int(training.MAX_SKIPPED_SHARE * steps) + 1  # one over the share
     calls = _norms(monkeypatch, bad=set(range(bad)), value=float("nan"))
     match = f"in epoch 1: {bad} of its {steps} steps had NaN or inf gradients"
