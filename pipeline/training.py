@@ -414,20 +414,16 @@ def _train_epoch(
             epoch,
             skipped,
             steps,
-            " (bf16; train.bf16: false trains in fp32)" if _bf16(cfg, device) else "",
+            " (bf16; train.bf16: false trains in fp32)" if precision(cfg, device) == "bf16" else "",
         )
     return out
-
-
-def _bf16(cfg: TrainConfig, device: torch.device) -> bool:
-    return precision(cfg, device) == "bf16"
 
 
 def _diverged(what: str, epoch: int, cfg: TrainConfig, device: torch.device) -> str:
     hint = (
         "; bf16 is the likely cause: `train.bf16: false` trains in fp32 (small feature maps and "
         "small batches make bf16 statistics unstable)"
-        if _bf16(cfg, device)
+        if precision(cfg, device) == "bf16"
         else "; a lower train.lr or a train.grad_clip may help"
     )
     return f"training diverged in epoch {epoch}: {what}{hint}"
