@@ -70,6 +70,9 @@ class Server:
                 worker.kill()
 
 
+PORT_ATTEMPTS = 3  # starts of a server whose port was taken before it bound it
+
+
 def free_port() -> int:
     """A TCP port nobody listens on now."""
     with socket.socket() as sock:
@@ -132,23 +135,35 @@ def running_servers(
     """The service with batching on and off and the minimal service, all ready; stopped on exit
     (exceptions and Ctrl-C included)."""
     specs = {ON: (SERVICE, True), OFF: (SERVICE, False), MINIMAL: (FLOOR, False)}
+
+    def start(i: int, name: str) -> Server:
+        target, batching = specs[name]
+        (folder / str(i)).mkdir(exist_ok=True)
+        port = free_port()
+        copied = write_params(
+            params, folder / str(i) / "params.yaml", port=port, workers=workers, batching=batching
+        )
+        return start_server(name, target, model, copied, port)
+
     with contextlib.ExitStack() as stack:
         servers = {}
-        for i, (name, (target, batching)) in enumerate(specs.items()):
-            (folder / str(i)).mkdir()
-            port = free_port()
-            copied = write_params(
-                params,
-                folder / str(i) / "params.yaml",
-                port=port,
-                workers=workers,
-                batching=batching,
-            )
-            servers[name] = start_server(name, target, model, copied, port)
-            stack.callback(servers[name].stop)
-        for server in servers.values():
-            wait_ready(server)
-            log(f"{server.name} ready at {server.url}")
+        for i, name in enumerate(specs):
+            servers[name] = start(i, name)
+            stack.callback(lambda n=name: servers[n].stop())
+        for i, name in enumerate(specs):
+            # A free port can be taken between choosing it and binding it: the servers start
+            # together, and each BentoML arbiter binds ports of its own (seen in CI: "Address
+            # already in use"). Such a start is retried on another port.
+            for attempt in range(PORT_ATTEMPTS):
+                try:
+                    wait_ready(servers[name])
+                    break
+                except RuntimeError as err:
+                    if "Address already in use" not in str(err) or attempt + 1 == PORT_ATTEMPTS:
+                        raise
+                    servers[name].stop()
+                    servers[name] = start(i, name)
+            log(f"{servers[name].name} ready at {servers[name].url}")
         yield servers
 
 

@@ -224,3 +224,49 @@ def test_main_measures_all_three_servers(
     judged = [c for c in data["checks"] if c["passed"] is not None]
     # engines; overhead at 8 clients; npy against ORT; tail and batch gain
     assert len(judged) == 2 + 2 + 1 + 4
+
+
+def test_a_server_whose_port_was_taken_is_started_again_on_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[tuple[str, int]] = []
+    stopped: list[int] = []
+
+    class Fake:
+        def __init__(self, name: str, port: int) -> None:
+            self.name, self.url, self.port = name, f"http://127.0.0.1:{port}", port
+
+        def stop(self) -> None:
+            stopped.append(self.port)
+
+    def fake_start(name: str, target: str, model: Path, params: Path, port: int) -> Fake:
+        started.append((name, port))
+        return Fake(name, port)
+
+    def fake_ready(server: Fake) -> None:
+        # The second server's first start finds its port taken; every other start works.
+        if [n for n, _ in started].count(server.name) == 1 and server.name == servers.OFF:
+            raise RuntimeError(f"{server.name} exited with 1:\nOSError: Address already in use")
+
+    monkeypatch.setattr(servers, "start_server", fake_start)
+    monkeypatch.setattr(servers, "wait_ready", fake_ready)
+    params = ROOT / "params.yaml"
+    with servers.running_servers(tmp_path / "m.onnx", params, 1, tmp_path) as running:
+        assert [n for n, _ in started] == [servers.ON, servers.OFF, servers.MINIMAL, servers.OFF]
+        assert running[servers.OFF].port == started[-1][1]
+        assert stopped == [started[1][1]]  # the failed start, stopped before its retry
+    assert sorted(stopped) == sorted([started[1][1], *(p for _, p in started[:1] + started[2:])])
+
+    # Any other failure is not retried.
+    def broken(server: Fake) -> None:
+        raise RuntimeError(f"{server.name} exited with 1:\nImportError: no module")
+
+    started.clear()
+    monkeypatch.setattr(servers, "wait_ready", broken)
+    (tmp_path / "b").mkdir()
+    with (
+        pytest.raises(RuntimeError, match="ImportError"),
+        servers.running_servers(tmp_path / "m.onnx", params, 1, tmp_path / "b"),
+    ):
+        pass
+    assert len(started) == 3
