@@ -1,0 +1,203 @@
+"""How much of a mixing-trained model's miscalibration is its BatchNorm statistics?
+
+RankMixup's step forwards the raw batch and then its mixed copies, both in train mode (as the
+official code does), so each BatchNorm layer's running mean and variance, which the network
+uses at test time, are an average over raw *and* mixed batches. Mixed images have other
+statistics than raw ones (a blend of two images has less contrast), so at test time raw images
+are normalised with statistics they did not produce. Plain mixup trains on mixed images only.
+
+For each trained study model (``<runs>/<row>-s<seed>/best.pt``) this recomputes every running
+statistic from the raw training images alone (``torch.optim.swa_utils.update_bn``, what SWA
+uses, over the study's own training split, without augmentation), changes no weight, and
+reports test accuracy, ECE, the temperature fitted on validation and ECE after scaling, before
+and after. A model whose confidence is off only because of the mixed statistics comes back
+calibrated; a CE model barely moves (its statistics came from raw, if augmented, images).
+
+Runs without a row file (``--done``, default ``rows/`` beside ``--runs``) are still training
+and are left out. Usage:
+    python bench/bn_stats.py --params presets/study_paper.yaml --runs study/paper/runs
+        [--rows ce mrl ...] [--csv out.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.calibration import fit_temperature, softmax
+from pipeline.checkpoint import load_model
+from pipeline.config import load_section, read_params
+from pipeline.data import PreparedData
+from pipeline.inference import predict_logits
+from pipeline.metrics.calibration import expected_calibration_error
+from pipeline.metrics.seeds import paired_difference
+from pipeline.preprocessing import to_model_input
+from pipeline.study import study_data_config
+from stages.download import add_source_args, prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+COLUMNS = ("accuracy", "ece", "temperature", "ece_ts")
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether ``model`` keeps running statistics anywhere."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def recompute_bn(
+    model: nn.Module, images: np.ndarray, mean: list[float], std: list[float], batch_size: int
+) -> nn.Module:
+    """A copy of ``model`` whose BatchNorm running statistics come from ``images`` alone.
+
+    Args:
+        model: A trained network (left unchanged).
+        images: uint8 (N, H, W, C) images, preprocessed as evaluation does.
+        mean: Per-channel normalisation mean ([0, 1] scale).
+        std: Per-channel normalisation standard deviation.
+        batch_size: Images per forward pass.
+
+    Returns:
+        The copy, in eval mode. Each running mean is the average of the batches' means and each
+        running variance the average of their unbiased variances (``update_bn``'s cumulative
+        average), so one batch gives exactly that batch's mean and variance.
+    """
+    fresh = copy.deepcopy(model)
+    device = next(fresh.parameters()).device
+    batches = (
+        torch.from_numpy(to_model_input(images[i : i + batch_size], mean, std))
+        .to(device)
+        .contiguous(memory_format=torch.channels_last)
+        for i in range(0, len(images), batch_size)
+    )
+    torch.optim.swa_utils.update_bn(batches, fresh)
+    return fresh.eval()
+
+
+def calibration_figures(model: nn.Module, data: PreparedData, batch_size: int) -> dict[str, float]:
+    """Test accuracy and ECE (%), the validation-fitted temperature and test ECE after it."""
+    val = data.train.images[data.val_idx], data.train.labels[data.val_idx]
+    z_val = predict_logits(model, val[0], data.mean, data.std, batch_size)
+    z_test = predict_logits(model, data.test.images, data.mean, data.std, batch_size)
+    temperature = fit_temperature(z_val, val[1]).temperature
+    labels = data.test.labels
+    probs = softmax(z_test)
+    return {
+        "accuracy": 100 * float((probs.argmax(1) == labels).mean()),
+        "ece": 100 * expected_calibration_error(probs, labels),
+        "temperature": temperature,
+        "ece_ts": 100 * expected_calibration_error(softmax(z_test, temperature), labels),
+    }
+
+
+def compare(run: Path, data: PreparedData, batch_size: int) -> dict[str, Any] | None:
+    """Figures of ``run``'s best model before and after :func:`recompute_bn` (None: no BN)."""
+    model, _ = load_model(run / "best.pt")
+    if not has_batchnorm(model):
+        return None
+    train_images = data.train.images[data.train_idx]
+    before = calibration_figures(model, data, batch_size)
+    after = calibration_figures(
+        recompute_bn(model, train_images, data.mean, data.std, batch_size), data, batch_size
+    )
+    row: dict[str, Any] = {"run": run.name}
+    for key in COLUMNS:
+        row[key], row[f"{key}_raw_bn"] = before[key], after[key]
+    return row
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per study row (its seeds pooled): the mean of each figure before and after, and the
+    seed-by-seed change after - before with its 95% t interval (NaN bounds for one seed)."""
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_name.setdefault(row["run"].rsplit("-s", 1)[0], []).append(row)
+    out = []
+    for name, seeds in by_name.items():
+        summary: dict[str, Any] = {"row": name, "seeds": len(seeds)}
+        for key in COLUMNS:
+            before = [r[key] for r in seeds]
+            after = [r[f"{key}_raw_bn"] for r in seeds]
+            change = paired_difference(after, before)
+            summary[key] = float(np.mean(before))
+            summary[f"{key}_raw_bn"] = float(np.mean(after))
+            summary[f"{key}_change"] = change.mean
+            summary[f"{key}_change_low"], summary[f"{key}_change_high"] = change.low, change.high
+        out.append(summary)
+    return out
+
+
+def _change_cell(summary: dict[str, Any], key: str) -> str:
+    low, high = summary[f"{key}_change_low"], summary[f"{key}_change_high"]
+    interval = "" if np.isnan(low) else f" [{low:+.2f}, {high:+.2f}]"
+    before, after = summary[key], summary[f"{key}_raw_bn"]
+    return f"{before:.2f} → {after:.2f} ({summary[f'{key}_change']:+.2f}{interval})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_source_args(p)
+    p.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="the study's params")
+    p.add_argument("--runs", type=Path, default=ROOT / "study" / "runs")
+    p.add_argument("--rows", nargs="+", help="study rows (default: every one under --runs)")
+    p.add_argument(
+        "--done",
+        type=Path,
+        help="the study's row files (default: rows/ beside --runs): runs without one are "
+        "still training and are left out",
+    )
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--csv", type=Path, help="also write the figures here")
+    args = p.parse_args(argv)
+    params = read_params(args.params)
+    study = load_section(params, "study")
+    done = args.done or args.runs.parent / "rows"
+    runs = sorted(
+        d
+        for d in args.runs.iterdir()
+        if (d / "best.pt").is_file() and (done / f"{d.name}.json").is_file()
+    )
+    if args.rows:
+        runs = [d for d in runs if d.name.rsplit("-s", 1)[0] in args.rows]
+    if not runs:
+        raise SystemExit(f"no trained study models under {args.runs}: run the study first")
+    # The study's own split (the models' training images); no OOD sets: they are not used.
+    data_cfg = dataclasses.replace(study_data_config(load_section(params, "data"), study), ood=[])
+    data = prepare(data_cfg, args, max_train=study.max_train)
+    rows = []
+    print("| run | accuracy % | ECE % | temperature | ECE after TS % |")
+    print("| --- | --- | --- | --- | --- |")
+    for run in runs:
+        row = compare(run, data, args.batch_size)
+        if row is None:
+            print(f"{run.name}: no BatchNorm, left out", file=sys.stderr)
+            continue
+        rows.append(row)
+        cells = [f"{row[k]:.2f} → {row[f'{k}_raw_bn']:.2f}" for k in COLUMNS]
+        print(f"| {run.name} | {' | '.join(cells)} |", flush=True)
+    if not rows:
+        return 0
+    print("\nPer row, mean over seeds: before → after (change, 95% interval over seeds)")
+    print("| row | seeds | accuracy % | ECE % | temperature | ECE after TS % |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for summary in summarise(rows):
+        cells = " | ".join(_change_cell(summary, k) for k in COLUMNS)
+        print(f"| {summary['row']} | {summary['seeds']} | {cells} |")
+    if args.csv:
+        with args.csv.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""bench/bn_stats.py: BatchNorm statistics recomputed from raw images, and the before/after
+figures of a trained model."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pipeline.training import train
+from tests.conftest import ROOT, configs, synthetic_prepared
+
+SCRIPT = ROOT / "bench" / "bn_stats.py"
+
+
+def load_script() -> Any:
+    spec = importlib.util.spec_from_file_location("bn_stats", SCRIPT)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def test_running_statistics_are_the_average_of_the_batches_and_the_model_is_left_alone() -> None:
+    """Batches [0, 1] and [0.2, 0.6] (pixels 0, 255, 51, 153 with mean 0, std 1): running
+    mean (0.5 + 0.4) / 2 = 0.45, running variance (unbiased) (0.5 + 0.08) / 2 = 0.29."""
+    model = nn.Sequential(nn.BatchNorm2d(1))
+    images = np.array([0, 255, 51, 153], dtype=np.uint8).reshape(4, 1, 1, 1)
+    fresh = load_script().recompute_bn(model, images, [0.0], [1.0], batch_size=2)
+    bn = fresh[0]
+    assert bn.running_mean.item() == pytest.approx(0.45, abs=1e-6)
+    assert bn.running_var.item() == pytest.approx(0.29, abs=1e-6)
+    assert not fresh.training
+    # the trained model keeps its own statistics
+    assert model[0].running_mean.item() == 0.0 and model[0].running_var.item() == 1.0
+
+
+def test_statistics_spoilt_by_other_inputs_are_restored_exactly() -> None:
+    """A network normalised with the statistics of other (here: blended) inputs gives other
+    logits; recomputing from the raw images gives back the raw-statistics network's logits."""
+    script = load_script()
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)
+    )
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 256, size=(64, 6, 6, 1), dtype=np.uint8)
+    blended = (0.5 * raw + 0.5 * raw[::-1]).astype(np.uint8)  # less contrast, as mixup makes
+    reference = script.recompute_bn(model, raw, [0.5], [0.25], batch_size=64)
+    spoilt = script.recompute_bn(model, blended, [0.5], [0.25], batch_size=64)
+    restored = script.recompute_bn(spoilt, raw, [0.5], [0.25], batch_size=64)
+    x = torch.from_numpy(raw.transpose(0, 3, 1, 2).astype(np.float32) / 255 - 0.5) / 0.25
+    with torch.no_grad():
+        want, bad, got = (m(x) for m in (reference, spoilt, restored))
+    assert (bad - want).abs().max() > 0.1
+    torch.testing.assert_close(got, want)
+
+
+def test_rows_are_pooled_over_seeds_with_a_paired_interval_of_the_change() -> None:
+    """ECE 4 -> 2 and 6 -> 3 over two seeds: change -2.5, differences' sd 0.707, standard
+    error 0.5, t(0.975, 1 df) = 12.706: -2.5 -/+ 6.353. One seed: no interval."""
+    script = load_script()
+    base = {"accuracy": 90.0, "accuracy_raw_bn": 90.0, "temperature": 1.0}
+    base |= {"temperature_raw_bn": 1.0, "ece_ts": 1.0, "ece_ts_raw_bn": 1.0}
+    rows = [
+        {"run": "mrl-s0", **base, "ece": 4.0, "ece_raw_bn": 2.0},
+        {"run": "mrl-s1", **base, "ece": 6.0, "ece_raw_bn": 3.0},
+        {"run": "ce-s0", **base, "ece": 3.0, "ece_raw_bn": 2.5},
+    ]
+    mrl, ce = script.summarise(rows)
+    assert (mrl["row"], mrl["seeds"], ce["row"], ce["seeds"]) == ("mrl", 2, "ce", 1)
+    assert (mrl["ece"], mrl["ece_raw_bn"], mrl["ece_change"]) == (5.0, 2.5, -2.5)
+    assert mrl["ece_change_low"] == pytest.approx(-8.853, abs=1e-3)
+    assert mrl["ece_change_high"] == pytest.approx(3.853, abs=1e-3)
+    assert ce["ece_change"] == -0.5 and np.isnan(ce["ece_change_low"])
+
+
+@pytest.mark.slow
+def test_a_trained_model_is_compared_before_and_after(
+    tmp_path: Path, params: dict[str, Any]
+) -> None:
+    script = load_script()
+    data = synthetic_prepared(n=400)
+    model_cfg, loss_cfg, cfg = configs(
+        params,
+        loss={"name": "mndcg", "num_mixes": 2},
+        train={"epochs": 2, "batch_size": 32, "threads": 1, "augment": "none"},
+    )
+    run = tmp_path / "mndcg-s0"
+    train(data, model_cfg, loss_cfg, cfg, run)
+    row = script.compare(run, data, batch_size=100)
+    assert row["run"] == "mndcg-s0"
+    model, _ = script.load_model(run / "best.pt")
+    assert {k: row[k] for k in script.COLUMNS} == script.calibration_figures(model, data, 100)
+    for key in script.COLUMNS:
+        assert np.isfinite(row[f"{key}_raw_bn"])
+    # the statistics changed (two passes per step: raw and mixed), the weights did not
+    assert row["ece_raw_bn"] != row["ece"] or row["accuracy_raw_bn"] != row["accuracy"]
