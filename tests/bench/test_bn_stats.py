@@ -3,7 +3,6 @@ figures of a trained model."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -12,17 +11,9 @@ import pytest
 import torch
 from torch import nn
 
+from bench import bn_stats as script
 from pipeline.training import train
-from tests.conftest import ROOT, configs, synthetic_prepared
-
-SCRIPT = ROOT / "bench" / "bn_stats.py"
-
-
-def load_script() -> Any:
-    spec = importlib.util.spec_from_file_location("bn_stats", SCRIPT)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+from tests.conftest import configs, synthetic_prepared
 
 
 def test_running_statistics_are_the_average_of_the_batches_and_the_model_is_left_alone() -> None:
@@ -30,7 +21,7 @@ def test_running_statistics_are_the_average_of_the_batches_and_the_model_is_left
     mean (0.5 + 0.4) / 2 = 0.45, running variance (unbiased) (0.5 + 0.08) / 2 = 0.29."""
     model = nn.Sequential(nn.BatchNorm2d(1))
     images = np.array([0, 255, 51, 153], dtype=np.uint8).reshape(4, 1, 1, 1)
-    fresh = load_script().recompute_bn(model, images, [0.0], [1.0], batch_size=2)
+    fresh = script.recompute_bn(model, images, [0.0], [1.0], batch_size=2)
     bn = fresh[0]
     assert bn.running_mean.item() == pytest.approx(0.45, abs=1e-6)
     assert bn.running_var.item() == pytest.approx(0.29, abs=1e-6)
@@ -42,7 +33,6 @@ def test_running_statistics_are_the_average_of_the_batches_and_the_model_is_left
 def test_statistics_spoilt_by_other_inputs_are_restored_exactly() -> None:
     """A network normalised with the statistics of other (here: blended) inputs gives other
     logits; recomputing from the raw images gives back the raw-statistics network's logits."""
-    script = load_script()
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)
@@ -63,7 +53,6 @@ def test_statistics_spoilt_by_other_inputs_are_restored_exactly() -> None:
 def test_rows_are_pooled_over_seeds_with_a_paired_interval_of_the_change() -> None:
     """ECE 4 -> 2 and 6 -> 3 over two seeds: change -2.5, differences' sd 0.707, standard
     error 0.5, t(0.975, 1 df) = 12.706: -2.5 -/+ 6.353. One seed: no interval."""
-    script = load_script()
     base = {"accuracy": 90.0, "accuracy_raw_bn": 90.0, "temperature": 1.0}
     base |= {"temperature_raw_bn": 1.0, "ece_ts": 1.0, "ece_ts_raw_bn": 1.0}
     rows = [
@@ -83,7 +72,6 @@ def test_rows_are_pooled_over_seeds_with_a_paired_interval_of_the_change() -> No
 def test_a_trained_model_is_compared_before_and_after(
     tmp_path: Path, params: dict[str, Any]
 ) -> None:
-    script = load_script()
     data = synthetic_prepared(n=400)
     model_cfg, loss_cfg, cfg = configs(
         params,
