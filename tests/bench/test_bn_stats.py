@@ -3,6 +3,8 @@ figures of a trained model."""
 
 from __future__ import annotations
 
+import csv
+import json
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +90,42 @@ def test_a_trained_model_is_compared_before_and_after(
         assert np.isfinite(row[f"{key}_raw_bn"])
     # the statistics changed (two passes per step: raw and mixed), the weights did not
     assert row["ece_raw_bn"] != row["ece"] or row["accuracy_raw_bn"] != row["accuracy"]
+
+
+@pytest.mark.slow
+def test_the_script_reads_finished_study_runs_only(
+    tmp_path: Path, params: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A row the study stage finished is measured; a run without its row file (still
+    training) is left out."""
+    import shutil
+
+    import yaml
+
+    from stages import study
+    from tests.conftest import ROOT
+    from tests.data.conftest import write_raw_dataset
+
+    write_raw_dataset("mnist", tmp_path / "raw", n_train=90, n_test=40)
+    params["data"].update(dataset="mnist", ood=["noise"], max_train=None)
+    params["train"].update(batch_size=32, threads=1)
+    params["evaluate"].update(corruptions=["contrast"], severities=[1], shift_images=20)
+    params["study"].update(max_train=80, epochs=1, seeds=[0], losses=["mrl"])
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    source = ["--raw", str(tmp_path / "raw")]
+    source += ["--checksums", str(ROOT / "checksums" / "fashion-mnist.sha256")]
+    runs, rows = tmp_path / "runs", tmp_path / "rows"
+    stage = ["run", "mrl", "--seed", "0", "--params", str(tmp_path / "p.yaml"), *source]
+    assert study.main([*stage, "--rows", str(rows), "--work", str(runs)]) == 0
+    shutil.copytree(runs / "mrl-s0", runs / "mrl-s1")  # no rows/mrl-s1.json: unfinished
+    capsys.readouterr()
+    out_csv = tmp_path / "bn.csv"
+    argv = ["--params", str(tmp_path / "p.yaml"), "--runs", str(runs), "--csv", str(out_csv)]
+    assert script.main([*argv, *source]) == 0
+    printed = capsys.readouterr().out
+    assert "| mrl-s0 |" in printed and "mrl-s1" not in printed
+    with out_csv.open() as f:
+        (row,) = list(csv.DictReader(f))
+    written = json.loads((rows / "mrl-s0.json").read_text())
+    # "before" is what the study measured on the same model and test set
+    assert float(row["accuracy"]) == pytest.approx(written["accuracy"], abs=1e-9)
