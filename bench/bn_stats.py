@@ -38,7 +38,7 @@ from pipeline.checkpoint import load_model
 from pipeline.config import load_section, read_params
 from pipeline.data import PreparedData
 from pipeline.inference import predict_logits
-from pipeline.metrics.calibration import expected_calibration_error
+from pipeline.metrics.calibration import accuracy, expected_calibration_error
 from pipeline.metrics.seeds import paired_difference
 from pipeline.preprocessing import to_model_input
 from pipeline.study import study_data_config
@@ -91,7 +91,7 @@ def calibration_figures(model: nn.Module, data: PreparedData, batch_size: int) -
     labels = data.test.labels
     probs = softmax(z_test)
     return {
-        "accuracy": 100 * float((probs.argmax(1) == labels).mean()),
+        "accuracy": 100 * accuracy(probs, labels),
         "ece": 100 * expected_calibration_error(probs, labels),
         "temperature": temperature,
         "ece_ts": 100 * expected_calibration_error(softmax(z_test, temperature), labels),
