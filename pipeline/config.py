@@ -152,7 +152,9 @@ class LossConfig:
     ``mrl_mask`` picks between the official implementation's behaviour (``faithful``: the
     same-class mask only rescales the loss by the share of valid pairs) and a true per-sample mask
     (``per_sample``). ``mrl_copies`` > 1 is our extension: the official MRL crashes on shapes with
-    more than one mixed copy, so its faithful setting is 1.
+    more than one mixed copy, so its faithful setting is 1. ``mixed_bn`` says whether the
+    mixed pass moves BatchNorm's running statistics (``update``, as the official code) or leaves
+    them to the raw images the model is evaluated on (``freeze``; :mod:`pipeline.objective`).
     """
 
     __pydantic_config__ = STRICT_KEYS
@@ -165,6 +167,7 @@ class LossConfig:
     num_mixes: Int
     mrl_copies: Int
     mrl_mask: Literal["faithful", "per_sample"]
+    mixed_bn: Literal["update", "freeze"]
     manifold_layer: Int | None
     smoothing: Float
     focal_gamma: Float
@@ -180,6 +183,14 @@ class LossConfig:
         _check("loss.focal_gamma", self.focal_gamma, self.focal_gamma >= 0, ">= 0")
         if self.manifold_layer is not None:
             _check("loss.manifold_layer", self.manifold_layer, self.manifold_layer >= 0, ">= 0")
+        if self.name == "mixup" and self.mixed_bn == "freeze":
+            # Mixup forwards only mixed images: frozen, the statistics would stay at their
+            # initial values (mean 0, variance 1) and evaluation would use those.
+            raise ConfigError(
+                "loss.mixed_bn: freeze needs a raw pass to take BatchNorm's running statistics "
+                "from, and loss mixup has none; use update (or recompute the statistics after "
+                "training: bench/bn_stats.py)"
+            )
 
     @property
     def copies(self) -> int:
@@ -269,7 +280,8 @@ class EvaluateConfig:
 @dataclass(frozen=True)
 class RankingSettings:
     """RankMixup's settings of study rows: the ranking weight w, the MRL margin m, the mixing
-    coefficient's Beta(alpha, alpha), M-NDCG's mixed copies N and MRL's mask.
+    coefficient's Beta(alpha, alpha), M-NDCG's mixed copies N, MRL's mask and whether the mixed
+    pass updates BatchNorm's running statistics.
 
     ``study.paper`` holds the paper's, which the plain rows (``study.losses``) train with; each
     tuned row names its own. The study takes none of them from the ``loss`` section, so the
@@ -284,6 +296,7 @@ class RankingSettings:
     alpha: Float
     num_mixes: Int
     mrl_mask: Literal["faithful", "per_sample"]
+    mixed_bn: Literal["update", "freeze"]
 
     def __post_init__(self) -> None:
         _check(f"{self._key}.weight", self.weight, self.weight >= 0, ">= 0")
@@ -294,7 +307,8 @@ class RankingSettings:
 
 @dataclass(frozen=True)
 class TunedRun(RankingSettings):
-    """A named study row with RankMixup settings found on the validation split."""
+    """A named study row with its own RankMixup settings: found on the validation split
+    (bench/tune_rankmixup.py), or a variant of the paper's (e.g. ``mixed_bn: freeze``)."""
 
     __pydantic_config__ = STRICT_KEYS
     _key = "study.tuned"

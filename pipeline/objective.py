@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
-from torch import Tensor
+from torch import Tensor, nn
 
 from pipeline.config import LossConfig
 from pipeline.data.mixup import apply_plan, relevance, same_class, sample_plans
@@ -47,10 +50,14 @@ def compute_loss(
 
     RankMixup (``mrl``, ``mndcg``) forwards the raw batch, then all mixed copies stacked
     copy-major in a second pass, so BatchNorm sees the raw batch, then the mixed batch, as in the
-    official code. Cross-entropy is applied to the raw logits only; no loss uses the label
-    mixture as a target. Deviation, for speed: Manifold Mixup mixes the hidden features of the raw
-    pass instead of recomputing them in a second forward; in train mode the two are the same
-    values, only BatchNorm's running statistics of the early layers are updated once, not twice.
+    official code. With ``mixed_bn: update`` (official) both passes move BatchNorm's running
+    statistics, which evaluation uses; with ``freeze`` the mixed pass leaves them alone, so they
+    are the raw images' only. Either way each pass normalises with its own batch statistics, so
+    the losses and gradients of a step are the same. Cross-entropy is applied to the raw logits
+    only; no loss uses the label mixture as a target. Deviation, for speed: Manifold Mixup mixes
+    the hidden features of the raw pass instead of recomputing them in a second forward; in train
+    mode the two are the same values, only BatchNorm's running statistics of the early layers are
+    updated once, not twice.
 
     Args:
         model: The network.
@@ -88,7 +95,8 @@ def compute_loss(
         return loss, {"ce": loss.detach()}
 
     raw_logits = model.head_from(hidden, layer)
-    mixed_logits = model.head_from(mixed, layer)
+    with running_stats_frozen(model) if cfg.mixed_bn == "freeze" else contextlib.nullcontext():
+        mixed_logits = model.head_from(mixed, layer)
     ce = F.cross_entropy(raw_logits, y)
     if cfg.name == "mrl":
         valid = torch.cat([~same_class(y, plan) for plan in plans])
@@ -97,3 +105,28 @@ def compute_loss(
         rank = mndcg_loss(raw_logits, mixed_logits, relevance(y, plans).to(x.device))
     parts = {"ce": ce, "rank": rank}
     return ce + cfg.weight * rank, {k: v.detach() for k, v in parts.items()} if detach else parts
+
+
+@contextlib.contextmanager
+def running_stats_frozen(model: nn.Module) -> Iterator[None]:
+    """Forward passes inside leave every BatchNorm layer's running statistics unchanged.
+
+    Train-mode BatchNorm still normalises with the batch's own statistics (and its backward is
+    the same), so only the buffers evaluation uses are spared: not updated, and
+    ``num_batches_tracked`` not counted. Torch's ``_BatchNorm`` (and ``SyncBatchNorm``,
+    :class:`pipeline.distributed.AllReduceBatchNorm2d`) skips the update while
+    ``track_running_stats`` is off; momentum 0 would not do, as ``0 * inf`` from a diverging
+    batch is NaN.
+    """
+    layers = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    for m in layers:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.track_running_stats = True

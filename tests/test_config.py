@@ -151,17 +151,26 @@ def test_tuned_study_rows_parse_and_name_nested_keys(params: dict[str, Any]) -> 
         "alpha": 2.0,
         "num_mixes": 1,
         "mrl_mask": "per_sample",
+        "mixed_bn": "freeze",
     }
     params["study"]["tuned"] = [row]
     study = load_section(params, "study")
     assert study.tuned[0].weight == 1.0 and study.tuned[0].mrl_mask == "per_sample"
+    assert study.tuned[0].mixed_bn == "freeze"
     params["study"]["tuned"] = [{**row, "wieght": 1.0}]
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['study.tuned\[0\].wieght'\]"):
         load_section(params, "study")
 
 
 def test_study_paper_settings_parse_and_name_their_keys(params: dict[str, Any]) -> None:
-    paper = {"weight": 0.1, "margin": 2.0, "alpha": 2.0, "num_mixes": 3, "mrl_mask": "faithful"}
+    paper = {
+        "weight": 0.1,
+        "margin": 2.0,
+        "alpha": 2.0,
+        "num_mixes": 3,
+        "mrl_mask": "faithful",
+        "mixed_bn": "update",
+    }
     params["study"]["paper"] = paper
     assert load_section(params, "study").paper.num_mixes == 3
     params["study"]["paper"] = {**paper, "num_mixes": 0}
@@ -250,3 +259,16 @@ def test_study_validation_share_is_checked_and_applied(params: dict[str, Any]) -
     params["study"]["val_fraction"] = 1.5
     with pytest.raises(ConfigError, match=r"study.val_fraction.*in \(0, 1\)"):
         load_section(params, "study")
+
+
+def test_mixed_bn_freeze_is_refused_for_mixup_which_has_no_raw_pass(
+    params: dict[str, Any],
+) -> None:
+    params["loss"].update(name="mrl", mixed_bn="freeze")
+    assert load_section(params, "loss").mixed_bn == "freeze"
+    params["loss"]["mixed_bn"] = "off"
+    with pytest.raises(ConfigError, match=r"loss\.mixed_bn"):
+        load_section(params, "loss")
+    params["loss"].update(name="mixup", mixed_bn="freeze")
+    with pytest.raises(ConfigError, match=r"loss\.mixed_bn: freeze needs a raw pass .* mixup"):
+        load_section(params, "loss")

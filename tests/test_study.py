@@ -77,11 +77,31 @@ def test_rows_take_ranking_settings_from_the_study_not_the_loss_section(
 ) -> None:
     # The pipeline's defaults set one way, the study's paper settings and a tuned row another.
     params["loss"].update(
-        name="mndcg", weight=1.0, num_mixes=2, margin=0.5, alpha=0.4, mrl_mask="per_sample"
+        name="mndcg",
+        weight=1.0,
+        num_mixes=2,
+        margin=0.5,
+        alpha=0.4,
+        mrl_mask="per_sample",
+        mixed_bn="freeze",
     )
     params["loss"].update(mixing="cutmix", smoothing=0.2, focal_gamma=2.0)
-    paper = {"weight": 0.1, "margin": 2.0, "alpha": 2.0, "num_mixes": 3, "mrl_mask": "faithful"}
-    tuned = {**paper, "name": "mrl_tuned", "loss": "mrl", "weight": 1.5, "mrl_mask": "per_sample"}
+    paper = {
+        "weight": 0.1,
+        "margin": 2.0,
+        "alpha": 2.0,
+        "num_mixes": 3,
+        "mrl_mask": "faithful",
+        "mixed_bn": "update",
+    }
+    tuned = {
+        **paper,
+        "name": "mrl_tuned",
+        "loss": "mrl",
+        "weight": 1.5,
+        "mrl_mask": "per_sample",
+        "mixed_bn": "freeze",
+    }
     params["study"].update(losses=["ce", "mixup", "mrl", "mndcg"], paper=paper, tuned=[tuned])
     runs = study_runs(load_section(params, "loss"), load_section(params, "study"))
 
@@ -96,14 +116,15 @@ def test_rows_take_ranking_settings_from_the_study_not_the_loss_section(
     for name in ("ce", "mixup", "mrl", "mndcg"):
         loss = by_name[name]
         assert (loss.weight, loss.margin, loss.alpha, loss.num_mixes) == (0.1, 2.0, 2.0, 3)
-        assert loss.mrl_mask == "faithful"
+        assert (loss.mrl_mask, loss.mixed_bn) == ("faithful", "update")
     t = by_name["mrl_tuned"]
-    assert (t.weight, t.margin, t.alpha, t.num_mixes, t.mrl_mask) == (
+    assert (t.weight, t.margin, t.alpha, t.num_mixes, t.mrl_mask, t.mixed_bn) == (
         1.5,
         2.0,
         2.0,
         3,
         "per_sample",
+        "freeze",
     )
     # What the study does take from the loss section, every row alike.
     for loss in by_name.values():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -316,11 +317,25 @@ def test_paper_regime_preset_sets_the_papers_recipe_and_its_stages_read_it() -> 
     assert train.milestones == [round(0.4 * study.epochs), round(0.6 * study.epochs)]
     paper = study.paper
     assert (paper.weight, paper.alpha, paper.margin, paper.num_mixes) == (0.1, 2.0, 2.0, 3)
-    assert paper.mrl_mask == "faithful" and train.grad_clip == 2.0
+    assert paper.mrl_mask == "faithful" and paper.mixed_bn == "update" and train.grad_clip == 2.0
     runs = {r.name: r.loss for r in study_runs(loss, study)}
     assert runs["mndcg"].weight == 0.1 and runs["mndcg"].num_mixes == 3
     assert study.val_fraction * study.max_train == 2000  # validation images
-    assert list(runs) == ["ce", "mixup", "mrl", "mndcg", "mrl_tuned", "mndcg_tuned"]
+    assert list(runs) == [
+        "ce",
+        "mixup",
+        "mrl",
+        "mndcg",
+        "mrl_tuned",
+        "mndcg_tuned",
+        "mrl_bnfrozen",
+        "mrl_tuned_bnfrozen",
+    ]
+    # a _bnfrozen row is its namesake with the mixed pass's BatchNorm update switched off
+    for name in ("mrl", "mrl_tuned"):
+        frozen = runs[f"{name}_bnfrozen"]
+        assert (runs[name].mixed_bn, frozen.mixed_bn) == ("update", "freeze")
+        assert dataclasses.replace(frozen, mixed_bn="update") == runs[name]
     # Its DVC file runs every row and seed on that file and writes under study/paper only.
     stages = yaml.safe_load((ROOT / "study" / "paper" / "dvc.yaml").read_text())["stages"]
     assert stages.keys() == {"loss", "tuned", "table"}
@@ -352,6 +367,9 @@ def test_default_regime_preset_is_the_pipelines_params_with_a_study_in_its_regim
     runs = {r.name: r.loss for r in study_runs(load_section(params, "loss"), study)}
     assert runs["mndcg"] == load_section(params, "loss")
     assert runs["mndcg_tuned"].weight == 1.0 and runs["mndcg_tuned"].num_mixes == 2
+    frozen = runs["mndcg_bnfrozen"]  # the default's row, its mixed pass sparing BatchNorm
+    assert frozen.mixed_bn == "freeze"
+    assert dataclasses.replace(frozen, mixed_bn="update") == runs["mndcg"]
     stages = yaml.safe_load((ROOT / "study" / "default" / "dvc.yaml").read_text())["stages"]
     for stage in stages.values():
         assert "--params presets/study_default.yaml" in stage["cmd"]

@@ -35,6 +35,7 @@ def study_args(tmp_path: Path, params: dict[str, Any]) -> list[str]:
                 "alpha": 2.0,
                 "num_mixes": 1,
                 "mrl_mask": "per_sample",
+                "mixed_bn": "freeze",
             }
         ],
     )
