@@ -1,12 +1,17 @@
-"""Compare two runs of the study seed by seed (e.g. fp32 training against bf16).
+"""Compare two runs of the study seed by seed (e.g. fp32 training against bf16), or two rows
+of one study (e.g. ``mrl`` against ``mrl_bnfrozen``).
 
 Reads two per-seed tables (``study/results_seeds.csv``; an earlier one from git with
 ``git show REV:study/results_seeds.csv > old.csv``), pairs rows by loss and seed, and prints for
 each loss and metric both runs' mean ± std over seeds and the paired difference (new - old)
 with its 95% t interval. "within spread": the difference's magnitude is at most the old run's
-standard deviation over seeds, i.e. the change is no larger than what a new seed does.
+standard deviation over seeds, i.e. the change is no larger than what a new seed does. With
+``--suffix S``, row ``X`` of OLD is paired with row ``X`` + S of NEW (the same file twice
+compares a study's variants with their namesakes).
 
 Usage: python bench/compare_studies.py OLD.csv NEW.csv [--metrics accuracy ece ece_ts]
+       python bench/compare_studies.py study/results_seeds.csv study/results_seeds.csv \
+           --suffix _bnfrozen
 """
 
 from __future__ import annotations
@@ -28,21 +33,24 @@ def compare(
     old: dict[tuple[str, int], dict[str, str]],
     new: dict[tuple[str, int], dict[str, str]],
     metrics: list[str],
+    suffix: str = "",
 ) -> list[dict[str, object]]:
-    """One entry per loss and metric over the (loss, seed) pairs both tables hold."""
+    """One entry per loss and metric over the (loss, seed) pairs both tables hold; OLD's
+    ``loss`` is paired with NEW's ``loss + suffix``."""
     out = []
     for loss in dict.fromkeys(loss for loss, _ in old):
-        seeds = sorted(s for (name, s) in old if name == loss and (loss, s) in new)
+        twin = loss + suffix
+        seeds = sorted(s for (name, s) in old if name == loss and (twin, s) in new)
         if not seeds:
             continue
         for metric in metrics:
             a = [float(old[(loss, s)][metric]) for s in seeds]
-            b = [float(new[(loss, s)][metric]) for s in seeds]
+            b = [float(new[(twin, s)][metric]) for s in seeds]
             before, after = spread(a), spread(b)
             diff = paired_difference(b, a)
             out.append(
                 {
-                    "loss": loss,
+                    "loss": f"{loss} → {twin}" if suffix else loss,
                     "metric": metric,
                     "seeds": len(seeds),
                     "old": before,
@@ -59,10 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("old", type=Path)
     p.add_argument("new", type=Path)
     p.add_argument("--metrics", nargs="+", default=["accuracy", "ece", "ece_ts"])
+    p.add_argument(
+        "--suffix", default="", help="pair OLD's row X with NEW's row X + SUFFIX (same seed)"
+    )
     args = p.parse_args(argv)
-    rows = compare(read_rows(args.old), read_rows(args.new), args.metrics)
+    rows = compare(read_rows(args.old), read_rows(args.new), args.metrics, args.suffix)
     if not rows:
-        raise SystemExit("the two tables share no (loss, seed) pair")
+        pairing = f"(X, seed) and (X{args.suffix}, seed)" if args.suffix else "(loss, seed)"
+        raise SystemExit(f"the two tables share no {pairing} pair")
     print("| loss | metric | seeds | old | new | new - old [95% CI] | within spread |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

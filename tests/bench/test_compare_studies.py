@@ -63,3 +63,49 @@ def test_tables_without_a_common_pair_are_an_error(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode != 0 and "share no (loss, seed) pair" in done.stderr
+
+
+def test_suffix_pairs_a_studys_variant_rows_with_their_namesakes(tmp_path: Path) -> None:
+    """One table: mrl ECE [3, 4] against mrl_bnfrozen [5, 7] gives +2.5 with an interval of
+    ±t(0.975, 1) * std([2, 3]) / sqrt(2) = ±12.706 * 0.7071 / 1.4142 = ±6.353; ce has no
+    ce_bnfrozen and mrl_bnfrozen no mrl_bnfrozen_bnfrozen: both left out."""
+    table = write(
+        tmp_path / "seeds.csv",
+        [
+            ("ce", 0, 88, 5),
+            ("mrl", 0, 88, 3),
+            ("mrl", 1, 89, 4),
+            ("mrl_bnfrozen", 1, 90, 7),
+            ("mrl_bnfrozen", 0, 88, 5),
+        ],
+    )
+    script = str(ROOT / "bench" / "compare_studies.py")
+    done = subprocess.run(
+        [
+            sys.executable,
+            script,
+            str(table),
+            str(table),
+            "--metrics",
+            "ece",
+            "--suffix",
+            "_bnfrozen",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[2:] == [
+        "| mrl → mrl_bnfrozen | ece | 2 | 3.50 ± 0.71 | 6.00 ± 1.41 | +2.50 [-3.85, +8.85] | no |"
+    ]
+    done = subprocess.run(
+        [sys.executable, script, str(table), str(table), "--suffix", "_tuned"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0 and "share no (X, seed) and (X_tuned, seed) pair" in done.stderr
