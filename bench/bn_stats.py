@@ -13,10 +13,17 @@ reports test accuracy, ECE, the temperature fitted on validation and ECE after s
 and after. A model whose confidence is off only because of the mixed statistics comes back
 calibrated; a CE model barely moves (its statistics came from raw, if augmented, images).
 
+``--stats mixed`` asks the opposite question: it recomputes the statistics from raw batches
+each followed by its mixed copies (the study's ``paper`` alpha and N, as an M-NDCG step forwards
+them), so a CE model gets the statistics a ranking loss's training would have given it, with
+no training. ``--seeds-csv`` also runs the pipeline's whole evaluation (shift included) on the
+recomputed models and writes study rows named ``<row>_<stats>bn`` in the study's per-seed
+format, for ``bench/compare_studies.py`` against the study's own ``results_seeds.csv``.
+
 Runs without a row file (``--done``, default ``rows/`` beside ``--runs``) are still training
 and are left out. Usage:
     python bench/bn_stats.py --params presets/study_paper.yaml --runs study/paper/runs
-        [--rows ce mrl ...] [--csv out.csv]
+        [--rows ce mrl ...] [--csv out.csv] [--stats mixed] [--seeds-csv rows.csv]
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ import argparse
 import copy
 import csv
 import dataclasses
+import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +44,16 @@ from torch import nn
 
 from pipeline.calibration import fit_temperature, softmax
 from pipeline.checkpoint import load_model
-from pipeline.config import load_section, read_params
+from pipeline.config import EvaluateConfig, load_section, read_params
 from pipeline.data import PreparedData
+from pipeline.data.mixup import apply_plan, sample_plans
+from pipeline.evaluation import evaluate
 from pipeline.inference import predict_logits
 from pipeline.metrics.calibration import accuracy, expected_calibration_error
 from pipeline.metrics.seeds import paired_difference
 from pipeline.preprocessing import to_model_input
-from pipeline.study import study_data_config
+from pipeline.study import study_data_config, study_row
+from pipeline.study_table import table_columns
 from stages.download import add_source_args, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,10 +65,25 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
+@dataclasses.dataclass(frozen=True)
+class Mixing:
+    """Mixed copies to follow every raw batch: N of them, lambda ~ Beta(alpha, alpha)."""
+
+    alpha: float
+    copies: int
+    seed: int = 0
+
+
 def recompute_bn(
-    model: nn.Module, images: np.ndarray, mean: list[float], std: list[float], batch_size: int
+    model: nn.Module,
+    images: np.ndarray,
+    mean: list[float],
+    std: list[float],
+    batch_size: int,
+    mixing: Mixing | None = None,
 ) -> nn.Module:
-    """A copy of ``model`` whose BatchNorm running statistics come from ``images`` alone.
+    """A copy of ``model`` whose BatchNorm running statistics come from ``images`` alone, or,
+    with ``mixing``, from each raw batch and then its mixed copies stacked in one batch.
 
     Args:
         model: A trained network (left unchanged).
@@ -64,22 +91,38 @@ def recompute_bn(
         mean: Per-channel normalisation mean ([0, 1] scale).
         std: Per-channel normalisation standard deviation.
         batch_size: Images per forward pass.
+        mixing: Mixed copies after every raw batch (``pipeline.data.mixup``'s plans, one
+            lambda and permutation per copy, as a training step draws them); None: raw only.
 
     Returns:
         The copy, in eval mode. Each running mean is the average of the batches' means and each
         running variance the average of their unbiased variances (``update_bn``'s cumulative
-        average), so one batch gives exactly that batch's mean and variance.
+        average), so one batch gives exactly that batch's mean and variance, and with mixing
+        the raw and the mixed batches weigh alike, as they nearly do in training's
+        alternating moving average.
     """
     fresh = copy.deepcopy(model)
     device = next(fresh.parameters()).device
-    batches = (
-        torch.from_numpy(to_model_input(images[i : i + batch_size], mean, std))
-        .to(device)
-        .contiguous(memory_format=torch.channels_last)
-        for i in range(0, len(images), batch_size)
+    torch.optim.swa_utils.update_bn(
+        (
+            x.to(device).contiguous(memory_format=torch.channels_last)
+            for x in _batches(images, mean, std, batch_size, mixing)
+        ),
+        fresh,
     )
-    torch.optim.swa_utils.update_bn(batches, fresh)
     return fresh.eval()
+
+
+def _batches(
+    images: np.ndarray, mean: list[float], std: list[float], batch_size: int, mixing: Mixing | None
+) -> Iterator[torch.Tensor]:
+    rng = np.random.default_rng(mixing.seed if mixing else 0)
+    for i in range(0, len(images), batch_size):
+        x = torch.from_numpy(to_model_input(images[i : i + batch_size], mean, std))
+        yield x
+        if mixing is not None:
+            plans = sample_plans(len(x), mixing.copies, mixing.alpha, rng)
+            yield torch.cat([apply_plan(x, plan) for plan in plans])
 
 
 def calibration_figures(model: nn.Module, data: PreparedData, batch_size: int) -> dict[str, float]:
@@ -98,20 +141,32 @@ def calibration_figures(model: nn.Module, data: PreparedData, batch_size: int) -
     }
 
 
-def compare(run: Path, data: PreparedData, batch_size: int) -> dict[str, Any] | None:
-    """Figures of ``run``'s best model before and after :func:`recompute_bn` (None: no BN)."""
+def compare(
+    run: Path, data: PreparedData, batch_size: int, mixing: Mixing | None = None
+) -> tuple[dict[str, Any], nn.Module] | None:
+    """Figures of ``run``'s best model before and after :func:`recompute_bn`, and the
+    recomputed model (None: no BatchNorm). The ``_raw_bn`` keys hold the figures after, whichever
+    images the statistics came from."""
     model, _ = load_model(run / "best.pt")
     if not has_batchnorm(model):
         return None
     train_images = data.train.images[data.train_idx]
     before = calibration_figures(model, data, batch_size)
-    after = calibration_figures(
-        recompute_bn(model, train_images, data.mean, data.std, batch_size), data, batch_size
-    )
+    fresh = recompute_bn(model, train_images, data.mean, data.std, batch_size, mixing)
+    after = calibration_figures(fresh, data, batch_size)
     row: dict[str, Any] = {"run": run.name}
     for key in COLUMNS:
         row[key], row[f"{key}_raw_bn"] = before[key], after[key]
-    return row
+    return row, fresh
+
+
+def evaluated_row(
+    model: nn.Module, run: str, suffix: str, data: PreparedData, cfg: EvaluateConfig
+) -> dict[str, Any]:
+    """The study row (``pipeline.study.study_row``) of ``model``, evaluated as the study
+    evaluates, named after ``run`` (``<row>-s<seed>``) with ``suffix``; no training time."""
+    name, seed = run.rsplit("-s", 1)
+    return study_row(name + suffix, int(seed), evaluate(model, data, cfg).metrics, math.nan)
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -156,6 +211,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--csv", type=Path, help="also write the figures here")
+    p.add_argument(
+        "--stats",
+        choices=["raw", "mixed"],
+        default="raw",
+        help="recompute from raw training images, or from raw batches each followed by its "
+        "mixed copies (study.paper's alpha and num_mixes)",
+    )
+    p.add_argument(
+        "--seeds-csv",
+        type=Path,
+        help="also evaluate the recomputed models fully (shift included) and write their study "
+        "rows, named <row>_<stats>bn, here",
+    )
     args = p.parse_args(argv)
     params = read_params(args.params)
     study = load_section(params, "study")
@@ -172,15 +240,20 @@ def main(argv: list[str] | None = None) -> int:
     # The study's own split (the models' training images); no OOD sets: they are not used.
     data_cfg = dataclasses.replace(study_data_config(load_section(params, "data"), study), ood=[])
     data = prepare(data_cfg, args, max_train=study.max_train)
-    rows = []
+    mixing = Mixing(study.paper.alpha, study.paper.num_mixes) if args.stats == "mixed" else None
+    eval_cfg = load_section(params, "evaluate")
+    rows, study_rows = [], []
     print("| run | accuracy % | ECE % | temperature | ECE after TS % |")
     print("| --- | --- | --- | --- | --- |")
     for run in runs:
-        row = compare(run, data, args.batch_size)
-        if row is None:
+        compared = compare(run, data, args.batch_size, mixing)
+        if compared is None:
             print(f"{run.name}: no BatchNorm, left out", file=sys.stderr)
             continue
+        row, fresh = compared
         rows.append(row)
+        if args.seeds_csv:
+            study_rows.append(evaluated_row(fresh, run.name, f"_{args.stats}bn", data, eval_cfg))
         cells = [f"{row[k]:.2f} → {row[f'{k}_raw_bn']:.2f}" for k in COLUMNS]
         print(f"| {run.name} | {' | '.join(cells)} |", flush=True)
     if not rows:
@@ -196,6 +269,11 @@ def main(argv: list[str] | None = None) -> int:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
+    if args.seeds_csv:
+        with args.seeds_csv.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=table_columns(study_rows[0]))
+            writer.writeheader()
+            writer.writerows(study_rows)
     return 0
 
 

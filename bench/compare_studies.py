@@ -7,7 +7,8 @@ each loss and metric both runs' mean ± std over seeds and the paired difference
 with its 95% t interval. "within spread": the difference's magnitude is at most the old run's
 standard deviation over seeds, i.e. the change is no larger than what a new seed does. With
 ``--suffix S``, row ``X`` of OLD is paired with row ``X`` + S of NEW (the same file twice
-compares a study's variants with their namesakes).
+compares a study's variants with their namesakes); ``--pair A:B`` pairs OLD's row A with NEW's
+row B, for rows whose names do not match.
 
 Usage: python bench/compare_studies.py OLD.csv NEW.csv [--metrics accuracy ece ece_ts]
        python bench/compare_studies.py study/results_seeds.csv study/results_seeds.csv \
@@ -34,12 +35,15 @@ def compare(
     new: dict[tuple[str, int], dict[str, str]],
     metrics: list[str],
     suffix: str = "",
+    pairs: list[tuple[str, str]] | None = None,
 ) -> list[dict[str, object]]:
     """One entry per loss and metric over the (loss, seed) pairs both tables hold; OLD's
-    ``loss`` is paired with NEW's ``loss + suffix``."""
+    ``loss`` is paired with NEW's ``loss + suffix``, or, given ``pairs``, with the row each
+    names."""
+    if pairs is None:
+        pairs = [(loss, loss + suffix) for loss in dict.fromkeys(loss for loss, _ in old)]
     out = []
-    for loss in dict.fromkeys(loss for loss, _ in old):
-        twin = loss + suffix
+    for loss, twin in pairs:
         seeds = sorted(s for (name, s) in old if name == loss and (twin, s) in new)
         if not seeds:
             continue
@@ -50,7 +54,7 @@ def compare(
             diff = paired_difference(b, a)
             out.append(
                 {
-                    "loss": f"{loss} → {twin}" if suffix else loss,
+                    "loss": loss if twin == loss else f"{loss} → {twin}",
                     "metric": metric,
                     "seeds": len(seeds),
                     "old": before,
@@ -70,11 +74,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--suffix", default="", help="pair OLD's row X with NEW's row X + SUFFIX (same seed)"
     )
+    p.add_argument(
+        "--pair",
+        action="append",
+        metavar="OLD_ROW:NEW_ROW",
+        help="pair OLD's row OLD_ROW with NEW's row NEW_ROW (repeatable; replaces --suffix)",
+    )
     args = p.parse_args(argv)
-    rows = compare(read_rows(args.old), read_rows(args.new), args.metrics, args.suffix)
+    pairs = None
+    if args.pair:
+        if not all(pair.count(":") == 1 for pair in args.pair):
+            p.error(f"--pair takes OLD_ROW:NEW_ROW, got {args.pair}")
+        pairs = [tuple(pair.split(":")) for pair in args.pair]
+    rows = compare(read_rows(args.old), read_rows(args.new), args.metrics, args.suffix, pairs)  # type: ignore[arg-type]
     if not rows:
-        pairing = f"(X, seed) and (X{args.suffix}, seed)" if args.suffix else "(loss, seed)"
-        raise SystemExit(f"the two tables share no {pairing} pair")
+        if pairs:
+            pairing = f"pair of {args.pair} for any seed"
+        elif args.suffix:
+            pairing = f"(X, seed) and (X{args.suffix}, seed) pair"
+        else:
+            pairing = "(loss, seed) pair"
+        raise SystemExit(f"the two tables share no {pairing}")
     print("| loss | metric | seeds | old | new | new - old [95% CI] | within spread |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from bench import bn_stats as script
+from pipeline.data.mixup import sample_plans
 from pipeline.training import train
 from tests.conftest import configs, synthetic_prepared
 
@@ -30,6 +31,23 @@ def test_running_statistics_are_the_average_of_the_batches_and_the_model_is_left
     assert not fresh.training
     # the trained model keeps its own statistics
     assert model[0].running_mean.item() == 0.0 and model[0].running_var.item() == 1.0
+
+
+def test_mixed_statistics_weigh_the_raw_and_the_mixed_batch_alike() -> None:
+    """Pixels 0 and 255 (x = 0 and 1, mean 0, std 1) and one mixed copy: the raw batch has
+    mean 0.5 and unbiased variance 0.5. The copy is lam * x + (1 - lam) * x[perm]: swapped,
+    [lam, 1 - lam], mean 0.5 and variance (2 lam - 1)^2 / 2; not swapped, x itself. The
+    running statistics average the two batches."""
+    model = nn.Sequential(nn.BatchNorm2d(1))
+    images = np.array([0, 255], dtype=np.uint8).reshape(2, 1, 1, 1)
+    mixing = script.Mixing(alpha=2.0, copies=1, seed=3)
+    fresh = script.recompute_bn(model, images, [0.0], [1.0], batch_size=2, mixing=mixing)
+    (plan,) = sample_plans(2, 1, 2.0, np.random.default_rng(3))  # the draw the script makes
+    assert plan.perm.tolist() == [1, 0]  # seed 3 swaps the pair (lam = 0.7236)
+    mixed_var = (2 * plan.lam - 1) ** 2 / 2  # 0.4472^2 / 2 = 0.1000
+    assert fresh[0].running_mean.item() == pytest.approx(0.5, abs=1e-6)
+    assert fresh[0].running_var.item() == pytest.approx((0.5 + mixed_var) / 2, abs=1e-6)
+    assert fresh[0].running_var.item() == pytest.approx(0.3, abs=1e-4)  # raw alone: 0.5
 
 
 def test_statistics_spoilt_by_other_inputs_are_restored_exactly() -> None:
@@ -82,7 +100,9 @@ def test_a_trained_model_is_compared_before_and_after(
     )
     run = tmp_path / "mndcg-s0"
     train(data, model_cfg, loss_cfg, cfg, run)
-    row = script.compare(run, data, batch_size=100)
+    compared = script.compare(run, data, batch_size=100)
+    assert compared is not None
+    row, fresh = compared
     assert row["run"] == "mndcg-s0"
     model, _ = script.load_model(run / "best.pt")
     assert {k: row[k] for k in script.COLUMNS} == script.calibration_figures(model, data, 100)
@@ -90,6 +110,9 @@ def test_a_trained_model_is_compared_before_and_after(
         assert np.isfinite(row[f"{key}_raw_bn"])
     # the statistics changed (two passes per step: raw and mixed), the weights did not
     assert row["ece_raw_bn"] != row["ece"] or row["accuracy_raw_bn"] != row["accuracy"]
+    assert script.calibration_figures(fresh, data, 100)["ece"] == row["ece_raw_bn"]
+    for name, param in model.named_parameters():
+        assert torch.equal(param, fresh.get_parameter(name)), name
 
 
 @pytest.mark.slow

@@ -109,3 +109,31 @@ def test_suffix_pairs_a_studys_variant_rows_with_their_namesakes(tmp_path: Path)
         timeout=60,
     )
     assert done.returncode != 0 and "share no (X, seed) and (X_tuned, seed) pair" in done.stderr
+
+
+def test_explicit_pairs_match_rows_of_other_names(tmp_path: Path) -> None:
+    """OLD's mndcg accuracy [88, 90] against NEW's ce_x [87, 88]: -1.5 with ±12.706 * 0.7071 /
+    1.4142 = ±6.353; a pair naming no row is left out, and a malformed one is refused."""
+    old = write(tmp_path / "old.csv", [("mndcg", 0, 88, 1), ("mndcg", 1, 90, 1)])
+    new = write(tmp_path / "new.csv", [("ce_x", 0, 87, 1), ("ce_x", 1, 88, 1)])
+    script = str(ROOT / "bench" / "compare_studies.py")
+    args = [script, str(old), str(new), "--metrics", "accuracy", "--pair", "mndcg:ce_x"]
+    done = subprocess.run(
+        [sys.executable, *args, "--pair", "mrl:ce_x"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[2:] == [
+        "| mndcg → ce_x | accuracy | 2 | 89.00 ± 1.41 | 87.50 ± 0.71 | -1.50 [-7.85, +4.85] | no |"
+    ]
+    done = subprocess.run(
+        [sys.executable, *args[:-1], "mndcg-ce_x"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "--pair takes OLD_ROW:NEW_ROW" in done.stderr
