@@ -17,6 +17,15 @@ from pipeline.data import ImageSet, PreparedData
 
 ROOT = Path(__file__).parents[1]
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+# The paper's RankMixup settings as a ``study.paper`` section (params.yaml's).
+PAPER_SETTINGS = {
+    "weight": 0.1,
+    "margin": 2.0,
+    "alpha": 2.0,
+    "num_mixes": 3,
+    "mrl_mask": "faithful",
+    "mixed_bn": "update",
+}
 needs_fashion_mnist = pytest.mark.skipif(
     not SYSTEM_FASHION_MNIST.is_dir(),
     reason="Debian's dataset-fashion-mnist is not installed (make test installs it as root)",

@@ -19,7 +19,7 @@ from pipeline.config import (
     parse_dataclass,
     read_params,
 )
-from tests.conftest import ROOT
+from tests.conftest import PAPER_SETTINGS, ROOT
 
 PARAMS = Path(__file__).parents[1] / "params.yaml"
 
@@ -163,14 +163,8 @@ def test_tuned_study_rows_parse_and_name_nested_keys(params: dict[str, Any]) -> 
 
 
 def test_study_paper_settings_parse_and_name_their_keys(params: dict[str, Any]) -> None:
-    paper = {
-        "weight": 0.1,
-        "margin": 2.0,
-        "alpha": 2.0,
-        "num_mixes": 3,
-        "mrl_mask": "faithful",
-        "mixed_bn": "update",
-    }
+    assert params["study"]["paper"] == PAPER_SETTINGS  # params.yaml's
+    paper = dict(PAPER_SETTINGS)
     params["study"]["paper"] = paper
     assert load_section(params, "study").paper.num_mixes == 3
     params["study"]["paper"] = {**paper, "num_mixes": 0}

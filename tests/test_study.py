@@ -15,7 +15,7 @@ import yaml
 from pipeline.config import load_section
 from pipeline.study import INHERITED_LOSS_KEYS, StudyRun, run_study, study_runs
 from pipeline.study_table import plot_shift, write_tables
-from tests.conftest import ROOT, configs, synthetic_prepared
+from tests.conftest import PAPER_SETTINGS, ROOT, configs, synthetic_prepared
 
 
 def test_study_writes_one_row_per_loss_and_seed(params: dict[str, Any], tmp_path: Path) -> None:
@@ -86,14 +86,7 @@ def test_rows_take_ranking_settings_from_the_study_not_the_loss_section(
         mixed_bn="freeze",
     )
     params["loss"].update(mixing="cutmix", smoothing=0.2, focal_gamma=2.0)
-    paper = {
-        "weight": 0.1,
-        "margin": 2.0,
-        "alpha": 2.0,
-        "num_mixes": 3,
-        "mrl_mask": "faithful",
-        "mixed_bn": "update",
-    }
+    paper = dict(PAPER_SETTINGS)
     tuned = {
         **paper,
         "name": "mrl_tuned",

@@ -10,6 +10,16 @@ from pathlib import Path
 from tests.conftest import ROOT
 
 
+def run_script(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "compare_studies.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def write(path: Path, rows: list[tuple[str, int, float, float]]) -> Path:
     with path.open("w", newline="") as fh:
         out = csv.writer(fh)
@@ -27,21 +37,7 @@ def test_paired_by_seed_with_the_old_spread_as_the_yardstick(tmp_path: Path) -> 
         [("ce", 0, 88, 5), ("ce", 1, 89, 4), ("ce", 2, 90, 6), ("mrl", 0, 87, 3)],
     )
     new = write(tmp_path / "new.csv", [("ce", 2, 88, 6.5), ("ce", 0, 86, 5.5), ("ce", 1, 87, 4.5)])
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "compare_studies.py"),
-            str(old),
-            str(new),
-            "--metrics",
-            "accuracy",
-            "ece",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_script(str(old), str(new), "--metrics", "accuracy", "ece")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == 4  # header, rule, ce accuracy, ce ece
@@ -55,13 +51,7 @@ def test_paired_by_seed_with_the_old_spread_as_the_yardstick(tmp_path: Path) -> 
 def test_tables_without_a_common_pair_are_an_error(tmp_path: Path) -> None:
     old = write(tmp_path / "old.csv", [("ce", 0, 88, 5)])
     new = write(tmp_path / "new.csv", [("ce", 1, 88, 5)])
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "compare_studies.py"), str(old), str(new)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_script(str(old), str(new))
     assert done.returncode != 0 and "share no (loss, seed) pair" in done.stderr
 
 
@@ -79,35 +69,13 @@ def test_suffix_pairs_a_studys_variant_rows_with_their_namesakes(tmp_path: Path)
             ("mrl_bnfrozen", 0, 88, 5),
         ],
     )
-    script = str(ROOT / "bench" / "compare_studies.py")
-    done = subprocess.run(
-        [
-            sys.executable,
-            script,
-            str(table),
-            str(table),
-            "--metrics",
-            "ece",
-            "--suffix",
-            "_bnfrozen",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_script(str(table), str(table), "--metrics", "ece", "--suffix", "_bnfrozen")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[2:] == [
         "| mrl → mrl_bnfrozen | ece | 2 | 3.50 ± 0.71 | 6.00 ± 1.41 | +2.50 [-3.85, +8.85] | no |"
     ]
-    done = subprocess.run(
-        [sys.executable, script, str(table), str(table), "--suffix", "_tuned"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_script(str(table), str(table), "--suffix", "_tuned")
     assert done.returncode != 0 and "share no (X, seed) and (X_tuned, seed) pair" in done.stderr
 
 
@@ -116,24 +84,11 @@ def test_explicit_pairs_match_rows_of_other_names(tmp_path: Path) -> None:
     1.4142 = ±6.353; a pair naming no row is left out, and a malformed one is refused."""
     old = write(tmp_path / "old.csv", [("mndcg", 0, 88, 1), ("mndcg", 1, 90, 1)])
     new = write(tmp_path / "new.csv", [("ce_x", 0, 87, 1), ("ce_x", 1, 88, 1)])
-    script = str(ROOT / "bench" / "compare_studies.py")
-    args = [script, str(old), str(new), "--metrics", "accuracy", "--pair", "mndcg:ce_x"]
-    done = subprocess.run(
-        [sys.executable, *args, "--pair", "mrl:ce_x"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    args = [str(old), str(new), "--metrics", "accuracy", "--pair", "mndcg:ce_x"]
+    done = run_script(*args, "--pair", "mrl:ce_x")
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[2:] == [
         "| mndcg → ce_x | accuracy | 2 | 89.00 ± 1.41 | 87.50 ± 0.71 | -1.50 [-7.85, +4.85] | no |"
     ]
-    done = subprocess.run(
-        [sys.executable, *args[:-1], "mndcg-ce_x"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_script(*args[:-1], "mndcg-ce_x")
     assert done.returncode == 2 and "--pair takes OLD_ROW:NEW_ROW" in done.stderr
