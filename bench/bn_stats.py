@@ -7,8 +7,9 @@ statistics than raw ones (a blend of two images has less contrast), so at test t
 are normalised with statistics they did not produce. Plain mixup trains on mixed images only.
 
 For each trained study model (``<runs>/<row>-s<seed>/best.pt``) this recomputes every running
-statistic from the raw training images alone (``torch.optim.swa_utils.update_bn``, what SWA
-uses, over the study's own training split, without augmentation), changes no weight, and
+statistic from the raw training images alone (``pipeline.bn_statistics``, what
+``train.bn_statistics`` runs after training, over the study's own training split, without
+augmentation), changes no weight, and
 reports test accuracy, ECE, the temperature fitted on validation and ECE after scaling, before
 and after. A model whose confidence is off only because of the mixed statistics comes back
 calibrated; a CE model barely moves (its statistics came from raw, if augmented, images).
@@ -29,100 +30,31 @@ and are left out. Usage:
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import dataclasses
 import math
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
+from pipeline.bn_statistics import Mixing, has_batchnorm, recompute_bn
 from pipeline.calibration import fit_temperature, softmax
 from pipeline.checkpoint import load_model
 from pipeline.config import EvaluateConfig, load_section, read_params
 from pipeline.data import PreparedData
-from pipeline.data.mixup import apply_plan, sample_plans
 from pipeline.evaluation import evaluate
 from pipeline.inference import predict_logits
 from pipeline.metrics.calibration import accuracy, expected_calibration_error
 from pipeline.metrics.seeds import paired_difference
-from pipeline.preprocessing import to_model_input
 from pipeline.study import study_data_config, study_row
 from pipeline.study_table import table_columns
 from stages.download import add_source_args, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ("accuracy", "ece", "temperature", "ece_ts")
-
-
-def has_batchnorm(model: nn.Module) -> bool:
-    """Whether ``model`` keeps running statistics anywhere."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
-@dataclasses.dataclass(frozen=True)
-class Mixing:
-    """Mixed copies to follow every raw batch: N of them, lambda ~ Beta(alpha, alpha)."""
-
-    alpha: float
-    copies: int
-    seed: int = 0
-
-
-def recompute_bn(
-    model: nn.Module,
-    images: np.ndarray,
-    mean: list[float],
-    std: list[float],
-    batch_size: int,
-    mixing: Mixing | None = None,
-) -> nn.Module:
-    """A copy of ``model`` whose BatchNorm running statistics come from ``images`` alone, or,
-    with ``mixing``, from each raw batch and then its mixed copies stacked in one batch.
-
-    Args:
-        model: A trained network (left unchanged).
-        images: uint8 (N, H, W, C) images, preprocessed as evaluation does.
-        mean: Per-channel normalisation mean ([0, 1] scale).
-        std: Per-channel normalisation standard deviation.
-        batch_size: Images per forward pass.
-        mixing: Mixed copies after every raw batch (``pipeline.data.mixup``'s plans, one
-            lambda and permutation per copy, as a training step draws them); None: raw only.
-
-    Returns:
-        The copy, in eval mode. Each running mean is the average of the batches' means and each
-        running variance the average of their unbiased variances (``update_bn``'s cumulative
-        average), so one batch gives exactly that batch's mean and variance, and with mixing
-        the raw and the mixed batches weigh alike, as they nearly do in training's
-        alternating moving average.
-    """
-    fresh = copy.deepcopy(model)
-    device = next(fresh.parameters()).device
-    torch.optim.swa_utils.update_bn(
-        (
-            x.to(device).contiguous(memory_format=torch.channels_last)
-            for x in _batches(images, mean, std, batch_size, mixing)
-        ),
-        fresh,
-    )
-    return fresh.eval()
-
-
-def _batches(
-    images: np.ndarray, mean: list[float], std: list[float], batch_size: int, mixing: Mixing | None
-) -> Iterator[torch.Tensor]:
-    rng = np.random.default_rng(mixing.seed if mixing else 0)
-    for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(to_model_input(images[i : i + batch_size], mean, std))
-        yield x
-        if mixing is not None:
-            plans = sample_plans(len(x), mixing.copies, mixing.alpha, rng)
-            yield torch.cat([apply_plan(x, plan) for plan in plans])
 
 
 def calibration_figures(model: nn.Module, data: PreparedData, batch_size: int) -> dict[str, float]:
@@ -152,7 +84,7 @@ def compare(
         return None
     train_images = data.train.images[data.train_idx]
     before = calibration_figures(model, data, batch_size)
-    fresh = recompute_bn(model, train_images, data.mean, data.std, batch_size, mixing)
+    fresh = recompute_bn(model, train_images, data.mean, data.std, batch_size, mixing=mixing)
     after = calibration_figures(fresh, data, batch_size)
     row: dict[str, Any] = {"run": run.name}
     for key in COLUMNS:

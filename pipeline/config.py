@@ -200,7 +200,9 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """``train`` section: optimisation loop."""
+    """``train`` section: optimisation loop, and the BatchNorm statistics the chosen model
+    keeps (``bn_statistics``: those training accumulated, or recomputed after it by
+    :mod:`pipeline.bn_statistics`)."""
 
     __pydantic_config__ = STRICT_KEYS
 
@@ -222,6 +224,7 @@ class TrainConfig:
     threads: Int | None
     nproc_per_node: Int
     sync_batchnorm: Bool
+    bn_statistics: Literal["trained", "raw", "mixed"]
 
     def __post_init__(self) -> None:
         _check("train.epochs", self.epochs, self.epochs >= 1, ">= 1")

@@ -2,7 +2,8 @@
 the device computes bf16 natively, in one process or data-parallel over several (torchrun, DDP).
 
 Checkpoints: ``last.pt`` after every epoch (resume point) and ``best.pt`` at the best
-validation accuracy (the model evaluated and exported). A rerun with the same configuration
+validation accuracy (the model evaluated and exported; with ``train.bn_statistics`` raw or
+mixed, its BatchNorm statistics are recomputed after the last epoch). A rerun with the same configuration
 resumes after the last finished epoch; every epoch's randomness is derived from
 ``(seed, epoch)``, so a resumed run ends with the same weights as an uninterrupted one.
 
@@ -38,7 +39,8 @@ from pipeline.batches import (
     training_batches,
 )
 from pipeline.calibration import softmax
-from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.bn_statistics import Mixing, has_batchnorm, recompute_bn
+from pipeline.checkpoint import load_checkpoint, load_model, save_checkpoint
 from pipeline.config import ConfigError, LossConfig, ModelConfig, TrainConfig
 from pipeline.data.prepared import PreparedData
 from pipeline.distributed import (
@@ -272,6 +274,8 @@ def train(
             log_epoch(epoch, row)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
+    if cfg.bn_statistics != "trained" and ranks.is_main:
+        _recompute_statistics(checkpoint_dir / "best.pt", data, loss_cfg, cfg, device)
     return TrainResult(
         best_val_accuracy=state["best_val_accuracy"],
         best_epoch=state["best_epoch"],
@@ -279,6 +283,39 @@ def train(
         resumed_from_epoch=resumed_from,
         seconds=carried + time.perf_counter() - started,
         history=state["history"],
+    )
+
+
+def _recompute_statistics(
+    path: Path, data: PreparedData, loss_cfg: LossConfig, cfg: TrainConfig, device: torch.device
+) -> None:
+    """Give the chosen model (``best.pt``) BatchNorm statistics from the training split's raw
+    images, or from them each followed by ``loss.num_mixes`` mixed copies (``loss.alpha``),
+    as ``train.bn_statistics`` says. The recompute starts from fresh statistics, so after a
+    kill it runs again to the same result."""
+    started = time.perf_counter()
+    ckpt = load_checkpoint(path)
+    model, meta = load_model(path)
+    if not has_batchnorm(model):
+        logger.warning("train.bn_statistics: %s: the model has no BatchNorm", cfg.bn_statistics)
+        return
+    mixing = None
+    if cfg.bn_statistics == "mixed":
+        mixing = Mixing(loss_cfg.alpha, loss_cfg.num_mixes, seed=cfg.seed)
+    fresh = recompute_bn(
+        model.to(device),
+        data.train.images,
+        data.mean,
+        data.std,
+        cfg.batch_size,
+        indices=data.train_idx,
+        mixing=mixing,
+    )
+    save_checkpoint(path, fresh, meta=meta, epoch=int(ckpt["epoch"]))
+    logger.info(
+        "BatchNorm statistics of the chosen model recomputed from %s training images (%.1f s)",
+        "raw and mixed" if mixing else "raw",
+        time.perf_counter() - started,
     )
 
 
