@@ -189,7 +189,7 @@ class LossConfig:
             raise ConfigError(
                 "loss.mixed_bn: freeze needs a raw pass to take BatchNorm's running statistics "
                 "from, and loss mixup has none; use update (or recompute the statistics after "
-                "training: bench/bn_stats.py)"
+                "training: train.bn_statistics: raw)"
             )
 
     @property

@@ -3,8 +3,8 @@ the device computes bf16 natively, in one process or data-parallel over several 
 
 Checkpoints: ``last.pt`` after every epoch (resume point) and ``best.pt`` at the best
 validation accuracy (the model evaluated and exported; with ``train.bn_statistics`` raw or
-mixed, its BatchNorm statistics are recomputed after the last epoch). A rerun with the same configuration
-resumes after the last finished epoch; every epoch's randomness is derived from
+mixed, its BatchNorm statistics are recomputed after the last epoch). A rerun with the same
+configuration resumes after the last finished epoch; every epoch's randomness is derived from
 ``(seed, epoch)``, so a resumed run ends with the same weights as an uninterrupted one.
 
 Several processes (see :mod:`pipeline.distributed`) split each global batch of
