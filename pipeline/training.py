@@ -38,8 +38,8 @@ from pipeline.batches import (
     num_batches,
     training_batches,
 )
-from pipeline.calibration import softmax
 from pipeline.bn_statistics import Mixing, has_batchnorm, recompute_bn
+from pipeline.calibration import softmax
 from pipeline.checkpoint import load_checkpoint, load_model, save_checkpoint
 from pipeline.config import ConfigError, LossConfig, ModelConfig, TrainConfig
 from pipeline.data.prepared import PreparedData
