@@ -82,9 +82,16 @@ def compare(
     model, _ = load_model(run / "best.pt")
     if not has_batchnorm(model):
         return None
-    train_images = data.train.images[data.train_idx]
     before = calibration_figures(model, data, batch_size)
-    fresh = recompute_bn(model, train_images, data.mean, data.std, batch_size, mixing=mixing)
+    fresh = recompute_bn(
+        model,
+        data.train.images,
+        data.mean,
+        data.std,
+        batch_size,
+        indices=data.train_idx,
+        mixing=mixing,
+    )
     after = calibration_figures(fresh, data, batch_size)
     row: dict[str, Any] = {"run": run.name}
     for key in COLUMNS:

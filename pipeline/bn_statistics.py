@@ -33,12 +33,19 @@ class Mixing:
     seed: int = 0
 
 
+def tracking_batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers of ``model`` that keep running statistics (torch's, SyncBatchNorm
+    and :class:`pipeline.distributed.AllReduceBatchNorm2d` alike)."""
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+
+
 def has_batchnorm(model: nn.Module) -> bool:
     """Whether ``model`` keeps running statistics anywhere."""
-    return any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-        for m in model.modules()
-    )
+    return bool(tracking_batchnorms(model))
 
 
 def recompute_bn(

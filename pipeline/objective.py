@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
 from torch import Tensor, nn
 
+from pipeline.bn_statistics import tracking_batchnorms
 from pipeline.config import LossConfig
 from pipeline.data.mixup import apply_plan, relevance, same_class, sample_plans
 from pipeline.losses.baselines import focal_loss, label_smoothing_loss, mixup_loss
@@ -118,11 +119,7 @@ def running_stats_frozen(model: nn.Module) -> Iterator[None]:
     ``track_running_stats`` is off; momentum 0 would not do, as ``0 * inf`` from a diverging
     batch is NaN.
     """
-    layers = [
-        m
-        for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-    ]
+    layers = tracking_batchnorms(model)
     for m in layers:
         m.track_running_stats = False
     try:

@@ -275,7 +275,9 @@ def train(
         if on_epoch_end is not None:
             on_epoch_end(epoch)
     if cfg.bn_statistics != "trained" and ranks.is_main:
-        _recompute_statistics(checkpoint_dir / "best.pt", data, loss_cfg, cfg, device)
+        _recompute_statistics(
+            checkpoint_dir / "best.pt", state["best_epoch"], data, loss_cfg, cfg, device
+        )
     return TrainResult(
         best_val_accuracy=state["best_val_accuracy"],
         best_epoch=state["best_epoch"],
@@ -287,14 +289,18 @@ def train(
 
 
 def _recompute_statistics(
-    path: Path, data: PreparedData, loss_cfg: LossConfig, cfg: TrainConfig, device: torch.device
+    path: Path,
+    epoch: int,
+    data: PreparedData,
+    loss_cfg: LossConfig,
+    cfg: TrainConfig,
+    device: torch.device,
 ) -> None:
     """Give the chosen model (``best.pt``) BatchNorm statistics from the training split's raw
     images, or from them each followed by ``loss.num_mixes`` mixed copies (``loss.alpha``),
     as ``train.bn_statistics`` says. The recompute starts from fresh statistics, so after a
     kill it runs again to the same result."""
     started = time.perf_counter()
-    ckpt = load_checkpoint(path)
     model, meta = load_model(path)
     if not has_batchnorm(model):
         logger.warning("train.bn_statistics: %s: the model has no BatchNorm", cfg.bn_statistics)
@@ -311,7 +317,7 @@ def _recompute_statistics(
         indices=data.train_idx,
         mixing=mixing,
     )
-    save_checkpoint(path, fresh, meta=meta, epoch=int(ckpt["epoch"]))
+    save_checkpoint(path, fresh, meta=meta, epoch=epoch)
     logger.info(
         "BatchNorm statistics of the chosen model recomputed from %s training images (%.1f s)",
         "raw and mixed" if mixing else "raw",
