@@ -273,6 +273,11 @@ def test_input_drift_marks_the_estimate_not_valid_in_a_real_prometheus(
     with prometheus_over_service(exported_model, tmp_path) as (prom, service, prom_log):
         send_traffic(service.url, images, singles=40)
         wait_for(
+            lambda: scalar(prom, "sum(rankcal_predictions_total)") == len(images),
+            f"sum(rankcal_predictions_total) == {len(images)}",
+            prom_log,
+        )
+        wait_for(
             lambda: scalar(prom, f"rankcal:estimate_valid:5m{job}") is not None,
             "rankcal:estimate_valid:5m after 120 predictions",
             prom_log,
@@ -282,11 +287,20 @@ def test_input_drift_marks_the_estimate_not_valid_in_a_real_prometheus(
         assert in_distribution is not None and in_distribution < 1  # RankcalInputDrift's line
 
         send_traffic(service.url, 255 - images, singles=40)
+        # The estimate turns not valid as soon as one scrape holds a few inverted images, while
+        # the PSI is still partway up (0.41 once): wait until every prediction has been scraped
+        # and the rules, evaluated every second, have carried the PSI past the alert's line.
         wait_for(
-            lambda: scalar(prom, f"rankcal:estimate_valid:5m{job}") == 0,
-            "rankcal:estimate_valid:5m == 0 after 120 inverted images",
+            lambda: scalar(prom, "sum(rankcal_predictions_total)") == 2 * len(images),
+            f"sum(rankcal_predictions_total) == {2 * len(images)}",
             prom_log,
         )
+        wait_for(
+            lambda: (scalar(prom, f"max(rankcal:input_psi:5m{job})") or 0) > 1,
+            "max(rankcal:input_psi:5m) > 1 after 120 inverted images",
+            prom_log,
+        )
+        assert scalar(prom, f"rankcal:estimate_valid:5m{job}") == 0
         shifted = scalar(prom, f"max(rankcal:input_psi:5m{job})")
         assert shifted is not None and shifted > 1 > in_distribution
 
