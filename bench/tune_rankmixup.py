@@ -13,10 +13,15 @@ import argparse
 import csv
 import dataclasses
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+if __package__ in (None, ""):  # run as a script: the repository root, for bench.*
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.pick_settings import Candidate, pick
 from pipeline.config import load_section, read_params
 from pipeline.data import load_checksums, prepare_data
 from pipeline.study import study_data_config, study_train_config
@@ -81,17 +86,26 @@ def main() -> None:
             }
         )
         print(rows[-1], flush=True)
+    candidates = [
+        Candidate(
+            name=r["candidate"],
+            loss=r["name"],
+            settings={},
+            val_accuracy=r["val_accuracy"],
+            val_ece=r["val_ece"],
+            best_epoch=0,
+        )
+        for r in rows
+    ]
     floor = rows[0]["val_accuracy"] - args.max_acc_drop
-    for family in ("mrl", "mndcg"):
-        ok = [r for r in rows if r["name"] == family and r["val_accuracy"] >= floor]
-        if ok:
-            pick = min(ok, key=lambda r: r["val_ece"])
-            print(
-                f"{family}: pick {pick['candidate']} (val ECE {pick['val_ece']}, "
-                f"val acc {pick['val_accuracy']} >= {floor:.2f})"
-            )
-        else:
+    for family, chosen in pick(candidates, args.max_acc_drop).items():
+        if chosen is None:
             print(f"{family}: no candidate within {args.max_acc_drop} points of CE's accuracy")
+        else:
+            print(
+                f"{family}: pick {chosen.name} (val ECE {chosen.val_ece}, "
+                f"val acc {chosen.val_accuracy} >= {floor:.2f})"
+            )
     keys = [
         "candidate",
         "name",
