@@ -330,9 +330,10 @@ def test_paper_regime_preset_sets_the_papers_recipe_and_its_stages_read_it() -> 
         "mndcg_tuned",
         "mrl_bnfrozen",
         "mrl_tuned_bnfrozen",
+        "mndcg_bnfrozen",
     ]
     # a _bnfrozen row is its namesake with the mixed pass's BatchNorm update switched off
-    for name in ("mrl", "mrl_tuned"):
+    for name in ("mrl", "mrl_tuned", "mndcg"):
         frozen = runs[f"{name}_bnfrozen"]
         assert (runs[name].mixed_bn, frozen.mixed_bn) == ("update", "freeze")
         assert dataclasses.replace(frozen, mixed_bn="update") == runs[name]
