@@ -12,6 +12,7 @@ gives a CE model the statistics a ranking loss's training would have given it.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -26,11 +27,16 @@ from pipeline.preprocessing import to_model_input
 @dataclass(frozen=True)
 class Mixing:
     """Mixed copies to follow every raw batch: ``copies`` of them, lambda ~ Beta(alpha, alpha),
-    drawn from a generator seeded with ``seed``."""
+    drawn from a generator seeded with ``seed``, as a RankMixup step with ``loss.mixing`` makes
+    them: blends of the input (``layer`` 0), CutMix boxes of it (``cutmix``), or blends of the
+    hidden state at mix ``layer`` (Manifold Mixup), where the layers before it see only the raw
+    batch."""
 
     alpha: float
     copies: int
     seed: int = 0
+    layer: int = 0
+    cutmix: bool = False
 
 
 def tracking_batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -71,7 +77,8 @@ def recompute_bn(
         indices: The rows of ``images`` to use, in order (default: all); read a batch at a
             time, so a memory-mapped dataset is not loaded whole.
         mixing: Mixed copies after every raw batch (``pipeline.data.mixup``'s plans: one lambda
-            and permutation per copy, as a training step draws them); None: raw only.
+            and permutation per copy, as a training step draws them); None: raw only. At a
+            hidden layer (``mixing.layer`` > 0) ``model`` must be a MixableNet.
 
     Returns:
         The copy, in eval mode. Each running mean is the average of the batches' means and each
@@ -84,14 +91,42 @@ def recompute_bn(
     fresh = copy.deepcopy(model)
     device = next(fresh.parameters()).device
     rows = np.arange(len(images)) if indices is None else np.asarray(indices)
+    # update_bn resets the statistics and averages every BatchNorm forward of the batches it
+    # is given; the step module forwards each raw batch and then its mixed copies.
     torch.optim.swa_utils.update_bn(
         (
             x.to(device).contiguous(memory_format=torch.channels_last)
-            for x in _batches(images, rows, mean, std, batch_size, mixing)
+            for x in _batches(images, rows, mean, std, batch_size)
         ),
-        fresh,
+        fresh if mixing is None else _MixedStep(fresh, mixing),
     )
     return fresh.eval()
+
+
+class _MixedStep(nn.Module):
+    """Forwards a raw batch as a RankMixup step does: the raw pass, then the mixed copies (from
+    the input, or from the hidden state at ``mixing.layer``, which needs a MixableNet)."""
+
+    def __init__(self, net: nn.Module, mixing: Mixing) -> None:
+        super().__init__()
+        self.net = net
+        self.mixing = mixing
+        self.rng = np.random.default_rng(mixing.seed)
+
+    def forward(self, x: torch.Tensor) -> None:
+        layer = self.mixing.layer
+        if layer == 0:
+            hidden, rest = x, self.net
+        else:
+            hidden = self.net.features(x, layer)
+            rest = functools.partial(self.net.head_from, layer=layer)
+        rest(hidden)
+        if len(x) > 1:
+            hw = tuple(x.shape[-2:]) if self.mixing.cutmix else None
+            plans = sample_plans(
+                len(x), self.mixing.copies, self.mixing.alpha, self.rng, cutmix_hw=hw
+            )
+            rest(torch.cat([apply_plan(hidden, plan) for plan in plans]))
 
 
 def _batches(
@@ -100,15 +135,9 @@ def _batches(
     mean: Sequence[float],
     std: Sequence[float],
     batch_size: int,
-    mixing: Mixing | None,
 ) -> Iterator[torch.Tensor]:
-    rng = np.random.default_rng(mixing.seed if mixing else 0)
     for start in range(0, len(rows), batch_size):
         if start > 0 and len(rows) - start < 2:
             break  # as training drops it: one image has no spread, and 1x1 maps would fail
         chunk = images[np.sort(rows[start : start + batch_size])]
-        x = torch.from_numpy(to_model_input(chunk, list(mean), list(std)))
-        yield x
-        if mixing is not None and len(x) > 1:
-            plans = sample_plans(len(x), mixing.copies, mixing.alpha, rng)
-            yield torch.cat([apply_plan(x, plan) for plan in plans])
+        yield torch.from_numpy(to_model_input(chunk, list(mean), list(std)))

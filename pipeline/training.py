@@ -53,7 +53,7 @@ from pipeline.distributed import (
 from pipeline.inference import predict_logits
 from pipeline.metrics.calibration import expected_calibration_error
 from pipeline.models import MixableNet, build_model, param_groups
-from pipeline.objective import compute_loss
+from pipeline.objective import compute_loss, mix_layer
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +192,8 @@ def train(
     model.to(device, memory_format=torch.channels_last)
     if ranks.distributed and cfg.sync_batchnorm:
         model = synchronise_batchnorm(model, device)
+    if cfg.bn_statistics == "mixed":
+        mix_layer(model, loss_cfg)  # a mixing layer the network lacks fails now, not after training
     logger.info("training on %s in %s", device, precision(cfg, device))
     if precision(cfg, device) == "bf16" and device.type == "cpu":
         batchnorm_in_fp32(model)
@@ -297,9 +299,9 @@ def _recompute_statistics(
     device: torch.device,
 ) -> None:
     """Give the chosen model (``best.pt``) BatchNorm statistics from the training split's raw
-    images, or from them each followed by ``loss.num_mixes`` mixed copies (``loss.alpha``),
-    as ``train.bn_statistics`` says. The recompute starts from fresh statistics, so after a
-    kill it runs again to the same result."""
+    images, or from them each followed by ``loss.num_mixes`` mixed copies (``loss.alpha``,
+    mixed as ``loss.mixing`` says), as ``train.bn_statistics`` says. The recompute starts from
+    fresh statistics, so after a kill it runs again to the same result."""
     started = time.perf_counter()
     model, meta = load_model(path)
     if not has_batchnorm(model):
@@ -307,7 +309,13 @@ def _recompute_statistics(
         return
     mixing = None
     if cfg.bn_statistics == "mixed":
-        mixing = Mixing(loss_cfg.alpha, loss_cfg.num_mixes, seed=cfg.seed)
+        mixing = Mixing(
+            loss_cfg.alpha,
+            loss_cfg.num_mixes,
+            seed=cfg.seed,
+            layer=mix_layer(model, loss_cfg),
+            cutmix=loss_cfg.mixing == "cutmix",
+        )
     fresh = recompute_bn(
         model.to(device),
         data.train.images,
