@@ -43,20 +43,24 @@ class Candidate:
     settings: dict[str, object]
     val_accuracy: float
     val_ece: float
-    best_epoch: int
+
+
+def accuracy_floor(candidates: Sequence[Candidate], max_acc_drop: float) -> float:
+    """CE's validation accuracy minus ``max_acc_drop`` points.
+
+    Raises:
+        ValueError: no CE candidate to measure the floor against.
+    """
+    ce = next((c for c in candidates if c.loss == "ce"), None)
+    if ce is None:
+        raise ValueError("no ce row among the candidates: the accuracy floor is CE's")
+    return ce.val_accuracy - max_acc_drop
 
 
 def pick(candidates: Sequence[Candidate], max_acc_drop: float) -> dict[str, Candidate | None]:
     """Per RankMixup loss, the candidate with the lowest validation ECE among those whose
-    validation accuracy is at least CE's minus ``max_acc_drop`` points (None where none is).
-
-    Raises:
-        ValueError: no CE candidate to measure the accuracy floor against.
-    """
-    ce = [c for c in candidates if c.loss == "ce"]
-    if not ce:
-        raise ValueError("no ce row among the candidates: the accuracy floor is CE's")
-    floor = ce[0].val_accuracy - max_acc_drop
+    validation accuracy is at least :func:`accuracy_floor` (None where none is)."""
+    floor = accuracy_floor(candidates, max_acc_drop)
     picks: dict[str, Candidate | None] = {}
     for family in FAMILIES:
         ok = [c for c in candidates if c.loss == family and c.val_accuracy >= floor]
@@ -90,7 +94,6 @@ def read_candidates(
                 settings={k: getattr(run.loss, k) for k in SETTINGS},
                 val_accuracy=100 * float(best["val_accuracy"]),
                 val_ece=100 * float(best["val_ece"]),
-                best_epoch=int(extra["best_epoch"]),
             )
         )
     return found, missing
@@ -123,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for c in candidates:
         values = " | ".join(shown(c, k) for k in SETTINGS)
         print(f"| {c.name} | {c.loss} | {values} | {c.val_accuracy:.2f} | {c.val_ece:.2f} |")
-    floor = next(c for c in candidates if c.loss == "ce").val_accuracy - args.max_acc_drop
+    floor = accuracy_floor(candidates, args.max_acc_drop)
     for family, chosen in picks.items():
         if chosen is None:
             print(f"{family}: no candidate with val accuracy >= {floor:.2f}")

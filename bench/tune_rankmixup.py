@@ -21,7 +21,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: the repository root, for bench.*
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.pick_settings import Candidate, pick
+from bench.pick_settings import Candidate, accuracy_floor, pick
 from pipeline.config import load_section, read_params
 from pipeline.data import load_checksums, prepare_data
 from pipeline.study import study_data_config, study_train_config
@@ -93,11 +93,10 @@ def main() -> None:
             settings={},
             val_accuracy=r["val_accuracy"],
             val_ece=r["val_ece"],
-            best_epoch=0,
         )
         for r in rows
     ]
-    floor = rows[0]["val_accuracy"] - args.max_acc_drop
+    floor = accuracy_floor(candidates, args.max_acc_drop)
     for family, chosen in pick(candidates, args.max_acc_drop).items():
         if chosen is None:
             print(f"{family}: no candidate within {args.max_acc_drop} points of CE's accuracy")
