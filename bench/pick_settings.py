@@ -1,19 +1,20 @@
 """Pick RankMixup settings for a study regime from its trained rows, on the VALIDATION split only.
 
 Every row of a study is a candidate setting: the paper's (``study.paper``), the tuned rows'
-(``study.tuned``), each trained on one seed. For each row this reads the run's last checkpoint
-(``<runs>/<row>-s<seed>/last.pt``), takes the validation accuracy and ECE of the epoch training
-selected (the best validation accuracy, the checkpoint every figure of the row comes from), and
-applies the rule of ``bench/tune_rankmixup.py``: per loss, the lowest validation ECE among the
-candidates whose validation accuracy is within ``--max-acc-drop`` points of CE's. The test
-split, and so every figure of the study's tables, is never read, so the pick can be reported
-beside the rows it was picked from without having seen their test results.
+(``study.tuned``), each trained on one seed. For each row this reads the row's record
+(``<rows>/<row>-s<seed>.json``, committed with the study), takes the validation accuracy and ECE
+of the epoch training selected (the best validation accuracy, the checkpoint every figure of the
+row comes from), and applies the rule of ``bench/tune_rankmixup.py``: per loss, the lowest
+validation ECE among the candidates whose validation accuracy is within ``--max-acc-drop``
+points of CE's. The row's test figures are never read, so the pick can be reported beside the
+rows it was picked from without having seen their test results.
 
 Reusing the study's rows is what makes a search affordable in the paper's regime (15 to 35 CPU
 minutes a candidate); a setting not in the study is searched by adding it as a ``study.tuned``
-row, which then also runs on every seed.
+row. The candidates of the paper regime's search that were not picked are the ``study.tuned``
+rows of ``presets/study_paper.yaml`` at commit 3bfbc21 (``git show 3bfbc21:presets/...``).
 
-Usage: python bench/pick_settings.py --params presets/study_paper.yaml --runs study/paper/runs \
+Usage: python bench/pick_settings.py --params presets/study_paper.yaml --rows study/paper/rows \
            [--seed 0] [--max-acc-drop 0.5] [--out docs/tuning_paper.csv]
 """
 
@@ -22,13 +23,13 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.checkpoint import load_checkpoint
 from pipeline.config import RankingSettings, load_section, read_params
-from pipeline.study import study_runs
+from pipeline.study import row_id, study_runs
 
 FAMILIES = ("mrl", "mndcg")
 SETTINGS = tuple(f.name for f in dataclasses.fields(RankingSettings))
@@ -69,31 +70,28 @@ def pick(candidates: Sequence[Candidate], max_acc_drop: float) -> dict[str, Cand
 
 
 def read_candidates(
-    params: Path, runs: Path, seed: int
+    params: Path, rows: Path, seed: int
 ) -> tuple[list[Candidate], list[tuple[str, str]]]:
-    """The study's rows that finished training on ``seed``, and (row, why) for the others."""
+    """The study's rows that have run on ``seed``, and (row, why) for the others."""
     raw = read_params(params)
-    loss_cfg = load_section(raw, "loss")
     study = load_section(raw, "study")
     found, missing = [], []
-    for run in study_runs(loss_cfg, study):
-        path = runs / f"{run.name}-s{seed}" / "last.pt"
+    for run in study_runs(load_section(raw, "loss"), study):
+        path = rows / f"{row_id(run.name, seed)}.json"
         if not path.is_file():
-            missing.append((run.name, f"{path} does not exist"))
+            missing.append((run.name, f"{path} does not exist: the row has not run"))
             continue
-        ckpt = load_checkpoint(path)
-        if ckpt["epoch"] < study.epochs:
-            missing.append((run.name, f"trained {ckpt['epoch']} of {study.epochs} epochs"))
+        row = json.loads(path.read_text())
+        if "val_accuracy" not in row:
+            missing.append((run.name, f"{path} has no validation figures: rerun the row"))
             continue
-        extra = ckpt["extra"]
-        best = extra["history"][extra["best_epoch"] - 1]
         found.append(
             Candidate(
                 name=run.name,
                 loss=run.loss.name,
                 settings={k: getattr(run.loss, k) for k in SETTINGS},
-                val_accuracy=100 * float(best["val_accuracy"]),
-                val_ece=100 * float(best["val_ece"]),
+                val_accuracy=float(row["val_accuracy"]),
+                val_ece=float(row["val_ece"]),
             )
         )
     return found, missing
@@ -108,12 +106,12 @@ def shown(candidate: Candidate, key: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--params", type=Path, default=Path("presets/study_paper.yaml"))
-    p.add_argument("--runs", type=Path, default=Path("study/paper/runs"))
+    p.add_argument("--rows", type=Path, default=Path("study/paper/rows"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-acc-drop", type=float, default=0.5, help="points of val accuracy")
     p.add_argument("--out", type=Path, help="also write the candidates as CSV")
     args = p.parse_args(argv)
-    candidates, missing = read_candidates(args.params, args.runs, args.seed)
+    candidates, missing = read_candidates(args.params, args.rows, args.seed)
     for name, why in missing:
         print(f"left out {name}: {why}", file=sys.stderr)
     try:

@@ -103,6 +103,11 @@ def run_row(
     shares = [r["train_rank_grad_share"] for r in result.history if "train_rank_grad_share" in r]
     if shares:  # ranking losses: how much of the gradient the ranking term made, over training
         row["rank_grad_share"] = float(np.mean(shares))
+    # The selected epoch's validation figures travel with the row, so a settings pick on
+    # validation only (bench/pick_settings.py) needs the committed rows, not the checkpoints.
+    selected = result.history[result.best_epoch - 1]
+    row["val_accuracy"] = 100 * float(selected["val_accuracy"])
+    row["val_ece"] = 100 * float(selected["val_ece"])
     return row
 
 

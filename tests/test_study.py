@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
+from pipeline.checkpoint import load_checkpoint
 from pipeline.config import load_section
 from pipeline.study import INHERITED_LOSS_KEYS, StudyRun, run_study, study_runs
 from pipeline.study_table import plot_shift, write_tables
@@ -39,6 +40,12 @@ def test_study_writes_one_row_per_loss_and_seed(params: dict[str, Any], tmp_path
     ]
     assert rows[0]["accuracy"] != rows[1]["accuracy"] or rows[0]["ece"] != rows[1]["ece"]
     assert (tmp_path / "work" / "mndcg-s1" / "best.pt").is_file()
+    # The selected epoch's validation figures, in percent, as the checkpoint recorded them.
+    extra = load_checkpoint(tmp_path / "work" / "mndcg-s1" / "last.pt")["extra"]
+    selected = extra["history"][extra["best_epoch"] - 1]
+    assert rows[3]["val_accuracy"] == 100 * selected["val_accuracy"]
+    assert rows[3]["val_ece"] == 100 * selected["val_ece"]
+    assert 0 < rows[3]["val_accuracy"] <= 100 and rows[3]["val_ece"] > 0
     summaries = write_tables(rows, tmp_path)
     plot_shift(summaries, tmp_path / "shift.png")
 
