@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
-import torch
+import yaml
 
 from bench import pick_settings as script
 from tests.conftest import ROOT
 
-PRESET = ROOT / "presets" / "study_paper.yaml"  # 60 epochs; rows ce ... mrl_tuned_bnfrozen
+PRESET = ROOT / "presets" / "study_paper.yaml"
 
 
 def candidate(name: str, loss: str, accuracy: float, ece: float) -> script.Candidate:
@@ -47,46 +48,54 @@ def test_no_ce_row_is_an_error() -> None:
         script.pick([candidate("mrl", "mrl", 88.0, 2.0)], max_acc_drop=0.5)
 
 
-def save_run(
-    runs: Path, row: str, epoch: int, history: list[tuple[float, float]], best: int
-) -> None:
-    """A checkpoint as training leaves it: per epoch validation accuracy and ECE (fractions)."""
-    (runs / f"{row}-s0").mkdir(parents=True)
-    extra = {
-        "best_epoch": best,
-        "best_val_accuracy": history[best - 1][0],
-        "history": [{"val_accuracy": a, "val_ece": e} for a, e in history],
-    }
-    torch.save(
-        {"model": {}, "meta": {}, "epoch": epoch, "extra": extra}, runs / f"{row}-s0" / "last.pt"
-    )
+def preset_with_a_search_candidate(tmp_path: Path) -> Path:
+    """The paper preset (60 epochs; rows ce ... mndcg_bnfrozen) plus one candidate that is not
+    among its rows, as a search adds one (``study.tuned``)."""
+    params = yaml.safe_load(PRESET.read_text())
+    params["study"]["tuned"].append(
+        {"name": "mrl_tuned_bnfrozen", "loss": "mrl", "weight": 1.0, "margin": 2.0,
+         "alpha": 2.0, "num_mixes": 3, "mrl_mask": "per_sample", "mixed_bn": "freeze"}
+    )  # fmt: skip
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
 
 
-def test_reads_the_selected_epoch_of_finished_runs_and_leaves_out_the_rest(
+def save_row(rows: Path, name: str, val_accuracy: float | None, val_ece: float = 0.0) -> None:
+    """A study row as `stages.study run` writes it (percent); test figures that would win."""
+    row = {"loss": name, "seed": 0, "accuracy": 99.0, "ece": 0.01}
+    if val_accuracy is not None:
+        row.update(val_accuracy=val_accuracy, val_ece=val_ece)
+    rows.mkdir(exist_ok=True)
+    (rows / f"{name}-s0.json").write_text(json.dumps(row))
+
+
+def test_reads_the_rows_validation_figures_and_leaves_out_the_rest(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """CE's best epoch is 2 of 60 (0.888, 0.0213), not its last; mrl_bnfrozen's 0.885 / 0.0258
-    is within 0.5 points of 88.8 and picked; mndcg stopped at epoch 30 and is left out, as are
-    rows with no run."""
-    runs = tmp_path / "runs"
-    save_run(runs, "ce", 60, [(0.80, 0.05), (0.888, 0.0213), (0.87, 0.01)], best=2)
-    save_run(runs, "mrl_bnfrozen", 60, [(0.885, 0.0258)], best=1)
-    save_run(runs, "mrl_tuned_bnfrozen", 60, [(0.8615, 0.0175)], best=1)
-    save_run(runs, "mndcg", 30, [(0.90, 0.001)], best=1)
+    """CE 88.8% sets the floor at 88.3%; mrl_bnfrozen's 88.5 / 2.58 is within it and picked over
+    mrl_tuned_bnfrozen's lower ECE (1.75 at 86.15%); mndcg's row predates validation figures
+    and is left out, as are rows that have not run. Test figures play no part."""
+    rows = tmp_path / "rows"
+    save_row(rows, "ce", 88.8, 2.13)
+    save_row(rows, "mrl_bnfrozen", 88.5, 2.58)
+    save_row(rows, "mrl_tuned_bnfrozen", 86.15, 1.75)
+    save_row(rows, "mndcg", None)
     out = tmp_path / "picks.csv"
-    code = script.main(["--params", str(PRESET), "--runs", str(runs), "--out", str(out)])
+    params = preset_with_a_search_candidate(tmp_path)
+    code = script.main(["--params", str(params), "--rows", str(rows), "--out", str(out)])
     printed = capsys.readouterr()
     assert code == 0
-    assert "left out mndcg: trained 30 of 60 epochs" in printed.err
-    assert "left out mixup:" in printed.err
+    assert "left out mndcg: " in printed.err and "has no validation figures" in printed.err
+    assert "left out mixup: " in printed.err and "the row has not run" in printed.err
     assert "mrl: pick mrl_bnfrozen (val ECE 2.58, val acc 88.50 >= 88.30)" in printed.out
     assert "mndcg: no candidate with val accuracy >= 88.30" in printed.out
     with out.open() as fh:
-        rows = {r["row"]: r for r in csv.DictReader(fh)}
-    assert set(rows) == {"ce", "mrl_bnfrozen", "mrl_tuned_bnfrozen"}
-    assert (rows["ce"]["val_accuracy"], rows["ce"]["val_ece"]) == ("88.80", "2.13")
-    assert rows["ce"]["weight"] == ""  # CE uses no RankMixup setting
-    frozen = rows["mrl_tuned_bnfrozen"]
+        picked = {r["row"]: r for r in csv.DictReader(fh)}
+    assert set(picked) == {"ce", "mrl_bnfrozen", "mrl_tuned_bnfrozen"}
+    assert (picked["ce"]["val_accuracy"], picked["ce"]["val_ece"]) == ("88.80", "2.13")
+    assert picked["ce"]["weight"] == ""  # CE uses no RankMixup setting
+    frozen = picked["mrl_tuned_bnfrozen"]
     assert (frozen["weight"], frozen["mrl_mask"], frozen["mixed_bn"]) == (
         "1.0",
         "per_sample",
@@ -94,10 +103,8 @@ def test_reads_the_selected_epoch_of_finished_runs_and_leaves_out_the_rest(
     )
 
 
-def test_without_a_finished_ce_run_it_says_so(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    runs = tmp_path / "runs"
-    save_run(runs, "mrl", 60, [(0.885, 0.0258)], best=1)
-    assert script.main(["--params", str(PRESET), "--runs", str(runs)]) == 2
+def test_without_a_ce_row_it_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = tmp_path / "rows"
+    save_row(rows, "mrl", 88.5, 2.58)
+    assert script.main(["--params", str(PRESET), "--rows", str(rows)]) == 2
     assert "error: no ce row" in capsys.readouterr().err
