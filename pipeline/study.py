@@ -29,7 +29,7 @@ from pipeline.config import (
 )
 from pipeline.data.prepared import PreparedData
 from pipeline.evaluation import evaluate
-from pipeline.training import train
+from pipeline.training import device_name, select_device, train
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +108,9 @@ def run_row(
     selected = result.history[result.best_epoch - 1]
     row["val_accuracy"] = 100 * float(selected["val_accuracy"])
     row["val_ece"] = 100 * float(selected["val_ece"])
+    # Rows of one study may run on different machines (and numerics differ between processors):
+    # each says where it trained, and the table says when a comparison mixes them.
+    row["device"] = device_name(select_device(train_cfg.device))
     return row
 
 

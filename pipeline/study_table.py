@@ -37,6 +37,8 @@ LEADING_COLUMNS = (
 )
 # Differences from the baseline worth an interval: accuracy, calibration, OOD detection.
 PAIRED = ("accuracy", "ece", "ece_ts")
+# The one text column of a row: where it trained (pipeline.training.device_name).
+DEVICE = "device"
 
 
 def table_columns(row: dict[str, Any]) -> list[str]:
@@ -51,8 +53,9 @@ def table_columns(row: dict[str, Any]) -> list[str]:
         (k for k in row if k.startswith("shift_")),
         key=lambda k: (int(k.rsplit("_s", 1)[1]), not k.startswith("shift_ece")),
     )
-    rest = [k for k in row if k not in (*leading, *auroc, *shift, "train_seconds")]
-    return [*leading, *auroc, *shift, *sorted(rest), "train_seconds"]
+    rest = [k for k in row if k not in (*leading, *auroc, *shift, "train_seconds", DEVICE)]
+    device = [DEVICE] if DEVICE in row else []
+    return [*leading, *auroc, *shift, *sorted(rest), "train_seconds", *device]
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -63,6 +66,9 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     noise, which seeds do not average away). Rows other than CE gain ``d_<metric>`` with
     ``_low``/``_high``: the mean seed-by-seed difference from CE and its 95% t interval, over
     the seeds both have, for accuracy, ECE before and after scaling, and each OOD AUROC.
+    Where rows say where they trained, ``devices`` lists the machines of a row's seeds and
+    ``pairs_across_devices`` counts the seeds whose CE row trained elsewhere: those
+    differences include the two processors' numerics as well as the losses'.
     """
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
@@ -73,12 +79,20 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         group = sorted(group, key=lambda r: r["seed"])
         out: dict[str, Any] = {"loss": name, "seeds": len(group)}
         for column in table_columns(group[0])[2:]:
+            if column == DEVICE:
+                continue
             values = spread([r[column] for r in group])
             out[column] = values.mean
             if not column.startswith("ece_ci95"):
                 out[f"{column}_std"] = values.std
         paired = [r for r in group if r["seed"] in baseline]
+        if any(DEVICE in r for r in group):
+            out["devices"] = "; ".join(dict.fromkeys(r.get(DEVICE, "unknown") for r in group))
         if name != BASELINE and paired:
+            if any(DEVICE in r for r in paired):
+                out["pairs_across_devices"] = sum(
+                    r.get(DEVICE) != baseline[r["seed"]].get(DEVICE) for r in paired
+                )
             auroc = [k for k in group[0] if k.startswith("auroc_")]
             for column in (*PAIRED, *sorted(auroc)):
                 diff = paired_difference(
@@ -142,6 +156,20 @@ def markdown(summaries: list[dict[str, Any]]) -> str:
         row += [_difference(s, k) for k, _ in diffs]
         row.append(f"{s['train_seconds']:.0f}")
         lines.append("| " + " | ".join(row) + " |")
+    devices = list(dict.fromkeys(d for s in summaries for d in s.get("devices", "").split("; ")))
+    devices = [d for d in devices if d]
+    if devices:
+        lines += ["", f"Trained on: {'; '.join(devices)}."]
+    across = [
+        f"{s['loss']} ({s['pairs_across_devices']})"
+        for s in summaries
+        if s.get("pairs_across_devices")
+    ]
+    if across:
+        lines.append(
+            "Seeds paired with a CE row trained on another machine (their differences include "
+            f"the processors' numerics): {', '.join(across)}."
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -10,12 +10,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from pipeline.checkpoint import load_checkpoint
 from pipeline.config import load_section
 from pipeline.study import INHERITED_LOSS_KEYS, StudyRun, run_study, study_runs
 from pipeline.study_table import plot_shift, write_tables
+from pipeline.training import device_name
 from tests.conftest import PAPER_SETTINGS, ROOT, configs, synthetic_prepared
 
 
@@ -46,6 +48,7 @@ def test_study_writes_one_row_per_loss_and_seed(params: dict[str, Any], tmp_path
     assert rows[3]["val_accuracy"] == 100 * selected["val_accuracy"]
     assert rows[3]["val_ece"] == 100 * selected["val_ece"]
     assert 0 < rows[3]["val_accuracy"] <= 100 and rows[3]["val_ece"] > 0
+    assert rows[3]["device"] == device_name(torch.device("cpu"))
     summaries = write_tables(rows, tmp_path)
     plot_shift(summaries, tmp_path / "shift.png")
 
@@ -75,7 +78,8 @@ def test_study_writes_one_row_per_loss_and_seed(params: dict[str, Any], tmp_path
         assert column in table[0], column
     assert float(table[0]["ece"]) == round((rows[0]["ece"] + rows[1]["ece"]) / 2, 3)
     md = (tmp_path / "results.md").read_text().splitlines()
-    assert md[0].startswith("| loss | seeds | accuracy") and len(md) == 4
+    assert md[0].startswith("| loss | seeds | accuracy") and len(md) == 6
+    assert md[-1] == f"Trained on: {rows[0]['device']}."
     assert (tmp_path / "shift.png").read_bytes()[:4] == b"\x89PNG"
 
 

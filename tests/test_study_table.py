@@ -115,3 +115,28 @@ def test_a_column_only_ranking_rows_have_is_kept_and_left_blank_for_ce(tmp_path:
     assert "rank share of gradient" in table[0]
     column = table[0].split(" | ").index("rank share of gradient")
     assert table[2].split(" | ")[column] == "" and table[3].split(" | ")[column] == "0.25"
+
+
+def test_rows_say_where_they_trained_and_pairs_across_machines_are_named(tmp_path: Path) -> None:
+    """CE ran seeds 0-1 on A; mndcg seed 0 on A and seed 1 on B: one of its two pairs with CE
+    crosses machines. The device is text: kept per seed, never averaged."""
+    rows = [
+        row("ce", 0, 88.0, 5.0, device="A"),
+        row("ce", 1, 89.0, 4.0, device="A"),
+        row("mndcg", 0, 88.5, 2.0, device="A"),
+        row("mndcg", 1, 88.0, 2.0, device="B"),
+    ]
+    summaries = write_tables(rows, tmp_path)
+    assert summaries[0]["devices"] == "A" and "pairs_across_devices" not in summaries[0]
+    assert summaries[1]["devices"] == "A; B" and summaries[1]["pairs_across_devices"] == 1
+    assert "device_std" not in summaries[1] and summaries[1]["ece"] == 2.0
+    text = (tmp_path / "results.md").read_text()
+    assert "Trained on: A; B." in text
+    assert "another machine (their differences include the processors' numerics): mndcg (1)." in (
+        text
+    )
+    with (tmp_path / "results_seeds.csv").open() as fh:
+        seeds = list(csv.DictReader(fh))
+    assert list(seeds[0])[-1] == "device" and [r["device"] for r in seeds] == ["A", "A", "A", "B"]
+    # Rows that do not say (older studies) give neither column nor sentence.
+    assert "devices" not in summarise(ROWS)[1] and "Trained on" not in markdown(summarise(ROWS))

@@ -343,3 +343,14 @@ def test_nonfinite_validation_logits_stop_with_a_hint_at_bf16(
     monkeypatch.setattr(training, "native_bf16", lambda device: False)
     with pytest.raises(training.DivergedError, match=r"lower train\.lr"):
         train(synthetic_prepared(), model, loss_cfg, cfg, tmp_path / "fp32")
+
+
+def test_cpu_name_is_the_first_processors_model_with_family_and_model() -> None:
+    cpuinfo = (
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+        "model name\t: AMD EPYC\nflags\t\t: fpu avx512_bf16\n\n"
+        "processor\t: 1\ncpu family\t: 6\nmodel\t\t: 143\nmodel name\t: Other\n"
+    )
+    assert training.cpu_name(cpuinfo) == "AMD EPYC (family 25, model 17)"
+    assert training.cpu_name("model name\t: Intel(R) Xeon(R)\n") == "Intel(R) Xeon(R)"
+    assert training.device_name(torch.device("cpu"))  # this machine's, whatever it is
