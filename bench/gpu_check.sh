@@ -2,6 +2,8 @@
 # One-shot GPU check of rankcal on a borrowed CUDA machine; bench/gpu_check.py does the work.
 #
 # Usage, from anywhere: bench/gpu_check.sh [gpu_check.py flags, e.g. --epochs 2]
+# RANKCAL_GPU_SCRIPT=bench/gpu_study.py bench/gpu_check.sh [its flags] runs that script instead
+# (a study's rows on the GPU), with the same set-up, data and report folder.
 # Defaults: data from .gpu_data/fashion-mnist (the four .gz IDX files), report into $OUT (the
 # device's output folder) or ./gpu-check-out: gpu_check.json, summary.md and this run's log,
 # gpu_check.log. $PYTHON overrides the interpreter (default python3). Exits with the check's code.
@@ -42,5 +44,6 @@ fi
 export PYTHONUNBUFFERED=1
 
 # pipefail: the exit status is the check's, not tee's.
-"${PYTHON:-python3}" bench/gpu_check.py --fashion-mnist .gpu_data/fashion-mnist --out "$out" "$@" \
-    2>&1 | tee "$out/gpu_check.log"
+script="${RANKCAL_GPU_SCRIPT:-bench/gpu_check.py}"
+"${PYTHON:-python3}" "$script" --fashion-mnist .gpu_data/fashion-mnist --out "$out" "$@" \
+    2>&1 | tee "$out/$(basename "$script" .py).log"
