@@ -156,7 +156,7 @@ def throughput(call: Callable[[], object], batch: int, budget_s: float) -> float
 
 def refuse_download(name: str, raw_dir: Path) -> None:
     """Downloader for :func:`pipeline.data.prepare_data`: the device has no network."""
-    raise OSError(f"no downloads in the GPU check ({name} into {raw_dir})")
+    raise OSError(f"no downloads on the device ({name} into {raw_dir}): pass --fashion-mnist")
 
 
 # --- steps ------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.gpu_check import refuse_download  # noqa: E402
 from pipeline.config import load_section, read_params  # noqa: E402
 from pipeline.data import load_checksums, load_prepared, prepare_data, save_prepared  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
@@ -75,11 +76,6 @@ class Job:
     rows: Path
     device: str
     threads: int
-
-
-def refuse_download(name: str, raw_dir: Path) -> None:
-    """Downloader for :func:`pipeline.data.prepare_data`: the device has no network."""
-    raise OSError(f"no downloads on the device ({name} into {raw_dir}): pass --fashion-mnist")
 
 
 def study_params(params: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
