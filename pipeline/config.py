@@ -119,18 +119,23 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """``model`` section: the architecture and whether it starts from pretrained weights.
+    """``model`` section: the architecture, the weights it starts from, the input it expects.
 
     ``arch`` is one of our own networks (``small_cnn``, ``resnet18``, ...), ``tv:<name>`` (a
     torchvision classifier) or ``timm:<name>`` (a timm model); :func:`pipeline.models.check_arch`
-    is the single registry. ``pretrained`` downloads the backbone's weights (torchvision/timm
-    only).
+    is the single registry. A ``tv:``/``timm:`` backbone starts from pretrained weights one of two
+    ways: ``pretrained`` fetches the library's published ones (the hub, once), ``weights`` loads
+    a local file (:mod:`pipeline.models.weights`). ``normalize`` is the input scaling the
+    weights expect (:data:`pipeline.preprocessing.NORMALIZATIONS`): applied by the data stage's
+    statistics, so training, evaluation, the export and the service all use it.
     """
 
     __pydantic_config__ = STRICT_KEYS
 
     arch: Str
     pretrained: Bool
+    weights: Str | None
+    normalize: Literal["dataset", "imagenet", "symmetric"]
 
     def __post_init__(self) -> None:
         check_arch = importlib.import_module("pipeline.models").check_arch
@@ -143,6 +148,19 @@ class ModelConfig:
                 f"model.pretrained is true but model.arch {self.arch!r} is one of our own "
                 "networks, which have no pretrained weights; use tv:<name> or timm:<name>"
             )
+        if self.weights is not None:
+            _check("model.weights", self.weights, bool(self.weights.strip()), "a file path or null")
+            if ":" not in self.arch:
+                raise ConfigError(
+                    f"model.weights is set but model.arch {self.arch!r} is one of our own "
+                    "networks; weights files load into tv:<name> or timm:<name> backbones"
+                )
+            if self.pretrained:
+                raise ConfigError(
+                    "model.weights and model.pretrained both give pretrained weights: set "
+                    "model.pretrained: false to load the file, or model.weights: null to fetch "
+                    "the library's weights"
+                )
 
 
 @dataclass(frozen=True)
@@ -217,7 +235,7 @@ class TrainConfig:
     milestones: list[Int]
     lr_gamma: Float
     grad_clip: Float | None
-    augment: Literal["crop_flip", "crop", "none"]
+    augment: Literal["crop_flip", "crop", "photo", "none"]
     device: Literal["auto", "cpu", "cuda"]
     bf16: bool
     seed: Int
@@ -339,7 +357,7 @@ class StudyConfig:
     max_train: Int
     val_fraction: Float
     epochs: Int
-    augment: Literal["crop_flip", "crop", "none"]
+    augment: Literal["crop_flip", "crop", "photo", "none"]
     losses: list[Str]
     paper: RankingSettings
     tuned: list[TunedRun]

@@ -420,6 +420,7 @@ def serving_reference(
         "resize": data.resize,
         "mean": list(data.mean),
         "std": list(data.std),
+        "normalize": data.normalize,
         "temperature": temperature,
         "ood_score": ood.name,
         "ood_threshold": ood.threshold,

@@ -110,7 +110,9 @@ class ModelCard:
 
     ``image_shape`` is ``(H, W, C)`` of the model input and ``resize`` how a photo of any size
     is fitted to it (:func:`pipeline.images.fit_image`, as the data stage did); ``mean`` and
-    ``std`` are per channel on the [0, 1] scale; ``temperature`` is already folded into the ONNX
+    ``std`` are per channel on the [0, 1] scale, and ``normalize`` says where they come from
+    (``model.normalize``: the training split's statistics, or the fixed scaling the pretrained
+    weights expect); ``temperature`` is already folded into the ONNX
     graph's outputs and is kept for the record; accuracies and ECE are percent, as in
     ``metrics/eval.json``.
     """
@@ -133,6 +135,9 @@ class ModelCard:
     # The score is_ood compares with ood_threshold (pipeline.ood_selection); cards written before
     # the score was chosen flagged by calibrated confidence, hence the default.
     ood_score: Literal["msp", "entropy", "energy"] = "msp"
+    # Where mean and std come from; cards written before model.normalize existed used the
+    # training split's statistics.
+    normalize: Literal["dataset", "imagenet", "symmetric"] = "dataset"
     # Reference histograms of the input statistics; cards written before they existed have none
     # (the service then exports no input drift).
     input_reference: InputReference | None = None
@@ -182,6 +187,7 @@ class ModelCard:
             raise ConfigError(f"model card is not JSON: {err}") from None
         if isinstance(raw, dict):
             raw.setdefault("ood_score", "msp")  # cards exported before it was chosen
+            raw.setdefault("normalize", "dataset")  # ... before model.normalize existed
             raw.setdefault("input_reference", None)  # ... before input drift was measured
             raw.setdefault("feature_reference", None)  # ... before the feature norm was served
         return parse_dataclass(cls, raw, "model_card")

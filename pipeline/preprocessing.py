@@ -107,6 +107,45 @@ def to_model_input(images: np.ndarray, mean: Sequence[float], std: Sequence[floa
     return np.ascontiguousarray(normalised.transpose(0, 3, 1, 2))
 
 
+# The fixed input scalings pretrained weights expect, per RGB channel on the [0, 1] scale:
+# torchvision's and most timm models' ImageNet statistics, and [-1, 1] (Inception, the TensorFlow
+# EfficientNet-Lite originals). "dataset" is the training split's own (:func:`channel_stats`).
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "symmetric": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+
+
+def input_scaling(
+    normalize: str, images: np.ndarray, indices: np.ndarray | None = None
+) -> tuple[list[float], list[float]]:
+    """The mean and std a model's input is normalised with (:func:`to_model_input`).
+
+    Args:
+        normalize: ``dataset`` (the statistics of ``images[indices]``, :func:`channel_stats`) or
+            a key of :data:`NORMALIZATIONS` (fixed values, what pretrained weights expect).
+        images: uint8 array (N, H, W, C) with C of 1 or 3.
+        indices: The training images, for ``dataset``.
+
+    Returns:
+        ``(mean, std)``, C floats each; for one channel the fixed values are averaged over RGB
+        (a grey image is the mean of equal channels, and the first convolution's RGB weights
+        are summed: timm's ``adapt_input_conv``).
+    """
+    _require_nhwc(images, "input_scaling")
+    if normalize == "dataset":
+        return channel_stats(images, indices)
+    if normalize not in NORMALIZATIONS:
+        choices = ", ".join(["dataset", *NORMALIZATIONS])
+        raise ValueError(f"unknown normalisation {normalize!r}; choose one of {choices}")
+    mean, std = NORMALIZATIONS[normalize]
+    if images.shape[3] == 1:
+        return [float(np.mean(mean))], [float(np.mean(std))]
+    if images.shape[3] != 3:
+        raise ValueError(f"fixed normalisation needs 1 or 3 channels, got {images.shape[3]}")
+    return list(mean), list(std)
+
+
 def channel_stats(
     images: np.ndarray, indices: np.ndarray | None = None
 ) -> tuple[list[float], list[float]]:

@@ -37,6 +37,7 @@ from pipeline.batches import (
     Normalizer,
     as_tensors,
     num_batches,
+    photo_transform,
     training_batches,
 )
 from pipeline.bn_statistics import Mixing, has_batchnorm, recompute_bn
@@ -54,6 +55,7 @@ from pipeline.distributed import (
 from pipeline.inference import predict_logits
 from pipeline.metrics.calibration import expected_calibration_error
 from pipeline.models import MixableNet, build_model, param_groups
+from pipeline.models.weights import file_digest
 from pipeline.objective import compute_loss, mix_layer
 
 logger = logging.getLogger(__name__)
@@ -135,6 +137,8 @@ def fingerprint(
         "code": source_digest(),
         "data": [data.dataset, len(data.train_idx), len(data.val_idx), data.mean, data.std],
         "model": dataclasses.asdict(model),
+        # the file's content, not only its path: new weights under the same name retrain
+        "weights": None if model.weights is None else file_digest(Path(model.weights)),
         "loss": dataclasses.asdict(loss),
         "train": {k: v for k, v in dataclasses.asdict(train).items() if k not in ignored},
     }
@@ -188,6 +192,7 @@ def train(
         num_classes=data.num_classes,
         in_channels=channels,
         pretrained=model_cfg.pretrained,
+        weights=None if model_cfg.weights is None else Path(model_cfg.weights),
     )
     # channels-last is faster on CUDA and, measured on a 2-core CPU, ~2x faster there too.
     model.to(device, memory_format=torch.channels_last)
@@ -403,12 +408,20 @@ def _train_epoch(
     torch.manual_seed(cfg.seed * 100_003 + epoch + 7_919 * ranks.rank)
     generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
     rng = np.random.default_rng([cfg.seed, epoch, *([ranks.rank] if ranks.distributed else [])])
-    crop = None if cfg.augment == "none" else (4, cfg.augment == "crop_flip")
+    crop = (4, cfg.augment == "crop_flip") if cfg.augment in ("crop", "crop_flip") else None
+    photo = photo_transform(tuple(images.shape[1:3])) if cfg.augment == "photo" else None
     min_size = 2 * ranks.world_size
     totals: dict[str, float] = {}
     steps = num_batches(len(images), cfg.batch_size, min_size)
     batches = training_batches(
-        images, labels, cfg.batch_size, generator, crop=crop, shard=ranks.shard(), min_size=min_size
+        images,
+        labels,
+        cfg.batch_size,
+        generator,
+        crop=crop,
+        photo=photo,
+        shard=ranks.shard(),
+        min_size=min_size,
     )
     bar = tqdm(
         batches,

@@ -1,6 +1,7 @@
 """DVC stage `download`: fetch the ID dataset, split it, prepare OOD sets.
 
-Reads the ``data`` params section; writes ``--out`` (arrays, split indices, stats).
+Reads the ``data`` params section and ``model.normalize`` (the input scaling the model
+expects, saved with the data); writes ``--out`` (arrays, split indices, stats).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipeline.config import ConfigError, DataConfig, load_section
+from pipeline.config import ConfigError, DataConfig, ModelConfig, load_section
 from pipeline.data import DataError, PreparedData, load_checksums, prepare_data, save_prepared
 from stages.common import parser, setup
 
@@ -18,15 +19,21 @@ SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
 def prepare(
-    cfg: DataConfig, args: argparse.Namespace, max_train: int | None, scratch: Path | None = None
+    cfg: DataConfig,
+    args: argparse.Namespace,
+    max_train: int | None,
+    scratch: Path | None = None,
+    normalize: str = "dataset",
 ) -> PreparedData:
     """Prepare the ``data`` section's dataset from ``--raw``, ``--system-dir``, ``--checksums``
-    (built-in datasets) or ``data.root`` (a folder, decoded into ``scratch`` if given)."""
+    (built-in datasets) or ``data.root`` (a folder, decoded into ``scratch`` if given), with the
+    input scaling ``normalize`` (``model.normalize``)."""
     return prepare_data(
         cfg,
         args.raw,
         max_train=max_train,
         scratch=scratch,
+        normalize=normalize,
         system_dir=args.system_dir,
         checksums={"fashion_mnist": load_checksums(args.checksums)},
     )
@@ -53,8 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     # A folder is decoded into mapped files here, not into memory; removed however we leave.
     with tempfile.TemporaryDirectory(prefix=".decoding-", dir=args.out.parent) as scratch:
         try:
-            cfg: DataConfig = load_section(setup(args), "data")
-            data = prepare(cfg, args, max_train=cfg.max_train, scratch=Path(scratch))
+            params = setup(args)
+            cfg: DataConfig = load_section(params, "data")
+            model: ModelConfig = load_section(params, "model")
+            data = prepare(
+                cfg, args, max_train=cfg.max_train, scratch=Path(scratch), normalize=model.normalize
+            )
         except (ConfigError, DataError) as err:
             print(f"download: {err}", file=sys.stderr)
             return 2

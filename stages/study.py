@@ -68,11 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.seed is None:
             raise ConfigError(f"run {args.name} needs --seed (study.seeds: {study.seeds})")
         data_cfg = study_data_config(load_section(params, "data"), study)
-        data = prepare(data_cfg, args, max_train=study.max_train)
+        model_cfg = load_section(params, "model")
+        data = prepare(data_cfg, args, max_train=study.max_train, normalize=model_cfg.normalize)
         row = run_row(
             data,
             runs[args.name],
-            load_section(params, "model"),
+            model_cfg,
             study_train_config(load_section(params, "train"), study, args.seed),
             load_section(params, "evaluate"),
             args.work / row_id(args.name, args.seed),

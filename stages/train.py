@@ -24,6 +24,7 @@ from pipeline.config import ConfigError, LossConfig, ModelConfig, TrainConfig, l
 from pipeline.data import DataError, PreparedData, load_prepared
 from pipeline.distributed import Ranks, die_with_parent, process_group, torchrun_command
 from pipeline.io import atomic_path, write_json
+from pipeline.models import PretrainedWeightsError, WeightsError
 from pipeline.training import DivergedError, TrainResult, select_device, train
 from stages.common import parser, setup
 
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             load_section(params, s) for s in ("model", "loss", "train")
         )
         device = select_device(train_cfg.device)  # one line, not a traceback, without a GPU
+        warn_untracked_weights(model_cfg.weights)
         ranks = Ranks.from_env(os.environ)
         if train_cfg.nproc_per_node > 1 and not ranks.launched:
             command = torchrun_command(
@@ -68,13 +70,32 @@ def main(argv: list[str] | None = None) -> int:
                 train(data, model_cfg, loss_cfg, train_cfg, args.checkpoints, ranks=ranks)
                 return 0
             result = train_and_log(data, model_cfg, loss_cfg, train_cfg, args, ranks)
-    except (ConfigError, DivergedError) as err:  # a batch too small for the processes; NaN
+    # a batch too small for the processes; NaN; weights that cannot be fetched or do not fit
+    except (ConfigError, DivergedError, PretrainedWeightsError, WeightsError) as err:
         print(f"train: {err}", file=sys.stderr)
         return 2
     with atomic_path(args.model) as tmp:
         shutil.copyfile(args.checkpoints / "best.pt", tmp)
     write_json(args.metrics, train_metrics(result))
     return 0
+
+
+# dvc.yaml's train stage depends on this folder: the weights files DVC sees change.
+WEIGHTS_DIR = Path("weights")
+
+
+def warn_untracked_weights(weights: str | None) -> None:
+    """Say when ``model.weights`` lies outside :data:`WEIGHTS_DIR`, where DVC does not look."""
+    if weights is None:
+        return
+    inside = Path(weights).resolve().is_relative_to(WEIGHTS_DIR.resolve())
+    if not inside:
+        print(
+            f"train: model.weights {weights} is outside {WEIGHTS_DIR}/, which dvc.yaml tracks: "
+            f"`dvc repro` will not rerun training when that file changes (copy it into "
+            f"{WEIGHTS_DIR}/ to have it tracked)",
+            file=sys.stderr,
+        )
 
 
 def train_and_log(

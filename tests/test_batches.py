@@ -11,7 +11,9 @@ from torch import Tensor
 from pipeline.batches import (
     MappedImages,
     Normalizer,
+    PhotoDraws,
     num_batches,
+    photo_transform,
     random_crop_flip,
     training_batches,
 )
@@ -112,3 +114,44 @@ def test_a_rank_reads_only_its_rows_of_a_memory_mapped_split(tmp_path: Path) -> 
         memory = training_batches(in_memory, labels, 8, torch.Generator().manual_seed(1), **kwargs)
         for (x_disk, y_disk, _), (x_mem, y_mem, _) in zip(disk, memory, strict=True):
             assert torch.equal(x_disk, x_mem) and torch.equal(y_disk, y_mem)
+
+
+def test_photo_augmentation_is_per_image_seeded_and_the_same_split_across_ranks() -> None:
+    images = torch.from_numpy(
+        np.random.default_rng(0).integers(0, 256, size=(6, 24, 20, 3), dtype=np.uint8)
+    )
+    transform = photo_transform((24, 20))
+    draws = PhotoDraws.draw(6, transform, torch.Generator().manual_seed(5))
+    torch.manual_seed(11)
+    before = torch.rand(1)
+    torch.manual_seed(11)
+    whole = draws.apply(images)
+    assert torch.equal(torch.rand(1), before)  # the global generator's sequence is untouched
+    assert whole.shape == images.shape and whole.dtype == torch.uint8
+    assert not torch.equal(whole, images)
+    # two ranks holding three rows each augment them as one process holding all six
+    halves = [draws.rows(s).apply(images[s]) for s in (slice(0, 3), slice(3, 6))]
+    assert torch.equal(torch.cat(halves), whole)
+    again = PhotoDraws.draw(6, transform, torch.Generator().manual_seed(5)).apply(images)
+    assert torch.equal(again, whole)
+    other = PhotoDraws.draw(6, transform, torch.Generator().manual_seed(6)).apply(images)
+    assert not torch.equal(other, whole)
+
+
+def test_photo_batches_augment_each_epoch_differently_and_keep_labels() -> None:
+    images = torch.from_numpy(
+        np.random.default_rng(1).integers(0, 256, size=(8, 16, 16, 3), dtype=np.uint8)
+    )
+    labels = torch.arange(8)
+    transform = photo_transform((16, 16))
+    first = list(
+        training_batches(images, labels, 4, torch.Generator().manual_seed(0), photo=transform)
+    )
+    second = list(
+        training_batches(images, labels, 4, torch.Generator().manual_seed(1), photo=transform)
+    )
+    assert [len(b) for b, _, _ in first] == [4, 4]
+    assert sorted(torch.cat([y for _, y, _ in first]).tolist()) == list(range(8))
+    assert not torch.equal(
+        torch.cat([b for b, _, _ in first]), torch.cat([b for b, _, _ in second])
+    )

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.preprocessing import channel_stats, match_channels, resize_images, to_model_input
+from pipeline.preprocessing import (
+    channel_stats,
+    input_scaling,
+    match_channels,
+    resize_images,
+    to_model_input,
+)
 
 
 def _nhwc(rows: list[list[int]]) -> np.ndarray:
@@ -118,3 +124,29 @@ def test_channel_stats_across_chunks() -> None:
     scaled = images.reshape(-1, 3) / 255.0
     np.testing.assert_allclose(mean, scaled.mean(axis=0), rtol=1e-10)
     np.testing.assert_allclose(std, scaled.std(axis=0), rtol=1e-8)
+
+
+def test_input_scaling_dataset_is_the_training_images_statistics() -> None:
+    images = np.zeros((4, 2, 2, 3), dtype=np.uint8)
+    images[:2] = 255  # two white, two black images: mean 0.5, std 0.5 per channel
+    assert input_scaling("dataset", images) == ([0.5] * 3, [0.5] * 3)
+    assert input_scaling("dataset", images, np.array([0, 1])) == ([1.0] * 3, [0.0] * 3)
+
+
+def test_input_scaling_fixed_values_ignore_the_images_and_average_for_grey() -> None:
+    rgb = np.full((2, 3, 3, 3), 7, dtype=np.uint8)
+    assert input_scaling("imagenet", rgb) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    assert input_scaling("symmetric", rgb) == ([0.5] * 3, [0.5] * 3)
+    mean, std = input_scaling("imagenet", rgb[..., :1])
+    assert mean == pytest.approx([(0.485 + 0.456 + 0.406) / 3])
+    assert std == pytest.approx([(0.229 + 0.224 + 0.225) / 3])
+    # symmetric: 0 -> -1, 255 -> 1
+    x = to_model_input(
+        np.array([[[[0, 255, 0]]]], dtype=np.uint8), *input_scaling("symmetric", rgb)
+    )
+    assert x.ravel().tolist() == [-1.0, 1.0, -1.0]
+
+
+def test_input_scaling_refuses_unknown_names() -> None:
+    with pytest.raises(ValueError, match="unknown normalisation 'cifar'; choose one of dataset"):
+        input_scaling("cifar", np.zeros((1, 2, 2, 3), dtype=np.uint8))

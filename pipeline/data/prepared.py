@@ -21,7 +21,7 @@ from pipeline.data.ood import OOD_NAMES, load_ood
 from pipeline.data.readers import ImageSet, load_id_dataset, num_classes
 from pipeline.data.split import stratified_split, stratified_subset
 from pipeline.io import atomic_path, write_json
-from pipeline.preprocessing import channel_stats, match_channels
+from pipeline.preprocessing import input_scaling, match_channels
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +40,14 @@ class PreparedData:
         test: The test split.
         train_idx: Sorted indices into ``train`` used for fitting.
         val_idx: Sorted indices into ``train`` held out for validation.
-        mean: Per-channel mean on the [0, 1] scale, from the ``train_idx`` images only.
+        mean: Per-channel mean on the [0, 1] scale the model input is normalised with: from
+            the ``train_idx`` images only, or the fixed values of :attr:`normalize`.
         std: Per-channel standard deviation on the [0, 1] scale, likewise.
         ood: OOD images by set name, uint8 NHWC at :attr:`image_shape`.
         resize: How the service fits a photo to :attr:`image_shape` (and how a folder's images
             were fitted): a :data:`pipeline.images.RESIZE_POLICIES` entry.
+        normalize: Where :attr:`mean` and :attr:`std` come from (``model.normalize``:
+            ``dataset`` or a :data:`pipeline.preprocessing.NORMALIZATIONS` key).
     """
 
     dataset: str
@@ -57,6 +60,7 @@ class PreparedData:
     std: list[float]
     ood: dict[str, np.ndarray]
     resize: str
+    normalize: str = "dataset"
 
     @property
     def num_classes(self) -> int:
@@ -89,6 +93,7 @@ def prepare_data(
     downloader: Downloader | None = None,
     ood_count: int | None = None,
     scratch: Path | None = None,
+    normalize: str = "dataset",
 ) -> PreparedData:
     """Fetch or read, cap, split and describe the ``data`` section's dataset, with its OOD sets.
 
@@ -107,6 +112,9 @@ def prepare_data(
         scratch: A folder dataset's images are decoded into mapped files here instead of into
             memory (see :func:`pipeline.data.folder_split.split_folder`); they must outlive
             the returned data until :func:`save_prepared` has written it.
+        normalize: ``model.normalize``: the training split's statistics (``dataset``) or the
+            fixed input scaling the model's pretrained weights expect
+            (:func:`pipeline.preprocessing.input_scaling`).
 
     Returns:
         The prepared data.
@@ -143,9 +151,19 @@ def prepare_data(
     else:  # a folder's own val/ split
         val_idx = np.asarray(split, dtype=np.int64)
         train_idx = np.setdiff1d(np.arange(len(train)), val_idx).astype(np.int64)
-    mean, std = channel_stats(train.images, train_idx)
+    mean, std = input_scaling(normalize, train.images, train_idx)
     data = PreparedData(
-        cfg.dataset, class_list, train, test, train_idx, val_idx, mean, std, {}, cfg.resize
+        cfg.dataset,
+        class_list,
+        train,
+        test,
+        train_idx,
+        val_idx,
+        mean,
+        std,
+        {},
+        cfg.resize,
+        normalize,
     )
     count = len(test) if ood_count is None else ood_count
     for name in cfg.ood:
@@ -217,6 +235,7 @@ def save_prepared(data: PreparedData, out_dir: Path) -> None:
         "resize": data.resize,
         "mean": data.mean,
         "std": data.std,
+        "normalize": data.normalize,
         "sizes": {
             "train_pool": len(data.train),
             "train": len(data.train_idx),
@@ -288,4 +307,6 @@ def load_prepared(out_dir: Path, *, mmap: bool = False) -> PreparedData:
         std=[float(s) for s in std],
         ood=ood,
         resize=str(resize),
+        # prepared before model.normalize existed: the training split's statistics
+        normalize=str(meta.get("normalize", "dataset")),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
+from pathlib import Path
 
 from pipeline.models.backbones import (
     TIMM_PREFIX,
@@ -22,6 +23,7 @@ from pipeline.models.base import MixableNet, SegmentedNet, param_groups
 from pipeline.models.pretrained import PretrainedWeightsError
 from pipeline.models.resnet import resnet18, resnet34, resnet50
 from pipeline.models.small_cnn import small_cnn
+from pipeline.models.weights import WeightsError
 from pipeline.models.wide_resnet import wide_resnet, wrn16_4, wrn28_10
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "MixableNet",
     "PretrainedWeightsError",
     "SegmentedNet",
+    "WeightsError",
     "build_model",
     "check_arch",
     "param_groups",
@@ -89,7 +92,12 @@ def check_arch(arch: str) -> None:
 
 
 def build_model(
-    arch: str, *, num_classes: int, in_channels: int, pretrained: bool = False
+    arch: str,
+    *,
+    num_classes: int,
+    in_channels: int,
+    pretrained: bool = False,
+    weights: Path | None = None,
 ) -> MixableNet:
     """Instantiate an architecture.
 
@@ -100,26 +108,33 @@ def build_model(
         in_channels: Channels of the input images, e.g. 1 for Fashion-MNIST, 3 for CIFAR.
         pretrained: Start a ``tv:``/``timm:`` backbone from its pretrained weights (downloaded
             into the library's cache on first use); built-in networks have none.
+        weights: Start a ``tv:``/``timm:`` backbone from this local file instead (see
+            :mod:`pipeline.models.weights`): the offline route to the same thing.
 
     Returns:
         The network, with :attr:`MixableNet.arch` set to ``arch``.
 
     Raises:
-        ValueError: If ``arch`` is unknown, a size argument is out of range, or ``pretrained``
-            is asked of a built-in network.
+        ValueError: If ``arch`` is unknown, a size argument is out of range, ``pretrained`` or
+            ``weights`` is asked of a built-in network, or both are given.
         PretrainedWeightsError: If pretrained weights cannot be fetched.
+        WeightsError: If ``weights`` cannot be read or does not fit the backbone exactly.
     """
     check_arch(arch)
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     if in_channels < 1:
         raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+    if pretrained and weights is not None:
+        raise ValueError("give pretrained weights one way: pretrained or a weights file, not both")
     sizes = {"num_classes": num_classes, "in_channels": in_channels}
     if arch.startswith(TV_PREFIX):
-        return build_torchvision(arch.removeprefix(TV_PREFIX), **sizes, pretrained=pretrained)
+        name = arch.removeprefix(TV_PREFIX)
+        return build_torchvision(name, **sizes, pretrained=pretrained, weights=weights)
     if arch.startswith(TIMM_PREFIX):
-        return build_timm(arch.removeprefix(TIMM_PREFIX), **sizes, pretrained=pretrained)
-    if pretrained:
+        name = arch.removeprefix(TIMM_PREFIX)
+        return build_timm(name, **sizes, pretrained=pretrained, weights=weights)
+    if pretrained or weights is not None:
         raise ValueError(
             f"model.arch {arch!r} is a built-in network without pretrained weights; set "
             f"model.pretrained: false or use a {TV_PREFIX} or {TIMM_PREFIX} backbone"

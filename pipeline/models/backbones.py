@@ -32,6 +32,7 @@ says what to put where.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,6 +41,7 @@ from torch import nn
 
 from pipeline.models.base import MixableNet, Stage
 from pipeline.models.pretrained import timm_weights_error, timm_weights_source, tv_weights_error
+from pipeline.models.weights import load_backbone_weights
 
 TV_PREFIX = "tv:"
 TIMM_PREFIX = "timm:"
@@ -236,8 +238,35 @@ def _drop_aux_heads(net: nn.Module, in_channels: int) -> None:
             net.transform_input = False  # it re-normalises three RGB channels one by one
 
 
+def _start_pretrained(
+    net: nn.Module, head_paths: Sequence[str], *, arch: str, pretrained: bool, weights: Path | None
+) -> None:
+    """Load ``weights`` into the backbone, and give a pretrained backbone a zero head.
+
+    Zero head: a pretrained network's features are large (timm's EfficientNet-Lite0 gave logits
+    up to 31 on the first batch through its freshly initialised 4-class head, cross-entropy 6.3
+    where chance is 1.4), and with gradient clipping the first epochs then go to shrinking the
+    head instead of learning. A zero head starts every class at the same confidence; its first
+    gradient is the features themselves. (BiT and timm's ``head_init_scale`` do the same.)
+    """
+    if weights is not None:
+        head_keys = [f"{p}.{k}" for p in head_paths for k in net.get_submodule(p).state_dict()]
+        load_backbone_weights(net, weights, head_keys, arch=arch)
+    if weights is None and not pretrained:
+        return
+    with torch.no_grad():
+        for path in head_paths:
+            for param in net.get_submodule(path).parameters():
+                param.zero_()
+
+
 def build_torchvision(
-    name: str, *, num_classes: int, in_channels: int, pretrained: bool
+    name: str,
+    *,
+    num_classes: int,
+    in_channels: int,
+    pretrained: bool,
+    weights: Path | None = None,
 ) -> BackboneNet:
     """Build ``tv:<name>`` with a ``num_classes`` head and ``in_channels`` inputs.
 
@@ -246,24 +275,27 @@ def build_torchvision(
         num_classes: Number of output logits.
         in_channels: Channels of the input images.
         pretrained: Start from the model's default ImageNet weights (downloaded once).
+        weights: A local weights file to start from instead (see
+            :mod:`pipeline.models.weights`).
 
     Returns:
         The wrapped network.
 
     Raises:
         PretrainedWeightsError: If the weights cannot be fetched.
+        WeightsError: If ``weights`` cannot be read or does not fit the backbone.
         ValueError: If the head or the first convolution cannot be found.
     """
     import torchvision  # lazy: importing torchvision costs seconds
 
     arch = TV_PREFIX + name
-    weights = torchvision.models.get_model_weights(name).DEFAULT if pretrained else None
+    published = torchvision.models.get_model_weights(name).DEFAULT if pretrained else None
     try:
-        net = torchvision.models.get_model(name, weights=weights)
+        net = torchvision.models.get_model(name, weights=published)
     except OSError as err:  # URLError, HTTPError, timeouts: all OSErrors
-        if weights is None:
+        if published is None:
             raise
-        raise tv_weights_error(arch, weights, err) from err
+        raise tv_weights_error(arch, published, err) from err
     _drop_aux_heads(net, in_channels)
     head_path = _tv_head_path(net, arch)
     old = net.get_submodule(head_path)
@@ -271,10 +303,18 @@ def build_torchvision(
     _set_submodule(net, head_path, nn.Linear(old.in_features, num_classes, old.bias is not None))
     if in_channels != 3:
         _adapt_first_conv(net, in_channels, arch)
+    _start_pretrained(net, [head_path], arch=arch, pretrained=pretrained, weights=weights)
     return BackboneNet(net, arch=arch, split=_tv_split(net), head_paths=[head_path])
 
 
-def build_timm(name: str, *, num_classes: int, in_channels: int, pretrained: bool) -> BackboneNet:
+def build_timm(
+    name: str,
+    *,
+    num_classes: int,
+    in_channels: int,
+    pretrained: bool,
+    weights: Path | None = None,
+) -> BackboneNet:
     """Build ``timm:<name>`` with a ``num_classes`` head and ``in_channels`` inputs.
 
     Args:
@@ -282,12 +322,15 @@ def build_timm(name: str, *, num_classes: int, in_channels: int, pretrained: boo
         num_classes: Number of output logits.
         in_channels: Channels of the input images.
         pretrained: Start from the model's pretrained weights (from the Hugging Face Hub).
+        weights: A local weights file to start from instead (see
+            :mod:`pipeline.models.weights`).
 
     Returns:
         The wrapped network.
 
     Raises:
         PretrainedWeightsError: If the weights cannot be fetched.
+        WeightsError: If ``weights`` cannot be read or does not fit the backbone.
         ValueError: If ``pretrained`` is set and timm has no weights for ``name``.
     """
     import timm  # lazy: timm is only needed for backbones
@@ -306,9 +349,6 @@ def build_timm(name: str, *, num_classes: int, in_channels: int, pretrained: boo
     classifier = net.get_classifier()
     heads = classifier if isinstance(classifier, tuple | list) else (classifier,)
     paths = {id(m): p for p, m in net.named_modules()}
-    return BackboneNet(
-        net,
-        arch=arch,
-        split="timm" if has_split else None,
-        head_paths=[paths[id(m)] for m in heads],
-    )
+    head_paths = [paths[id(m)] for m in heads]
+    _start_pretrained(net, head_paths, arch=arch, pretrained=pretrained, weights=weights)
+    return BackboneNet(net, arch=arch, split="timm" if has_split else None, head_paths=head_paths)
