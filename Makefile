@@ -14,7 +14,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: setup system-data repro repro-cifar10 test lint bench-train bench-serve bench-folder bench-load study study-paper study-default \
+.PHONY: setup system-data repro repro-cifar10 repro-photos test lint bench-train bench-serve bench-folder bench-load study study-paper study-default \
 	serving-requirements bento params-schema k8s-rules
 
 setup: $(STAMP) system-data .dvc/plots-offline.html $(LITE0)
@@ -76,22 +76,36 @@ bench-load: setup
 bench-serve: setup
 	$(BIN)/python bench/serve.py --seconds 5 --rounds 2
 
-# The paper's CIFAR-10 recipe as a DVC experiment (GPU and internet needed).
-# The preset's arguments first, then the run: a broken preset or a machine without a GPU
-# (FORCE=1 overrides) stops here, instead of `dvc exp run` starting with no arguments at all.
-repro-cifar10: setup
-	@# dvc exp run writes the preset into params.yaml and clears the stages' outputs as it goes:
-	@# when it fails (offline, no GPU memory, Ctrl-C), both go back as they were.
-	args=$$(python -m stages.preset --require-gpu presets/cifar10_resnet50.yaml) || exit $$?; \
+# A preset (a complete params file) as a DVC experiment: $(1) the preset, $(2) stages.preset's
+# options, $(3) the target's name. The preset's arguments first, then the run: a broken preset
+# stops here, instead of `dvc exp run` starting with no arguments at all. dvc exp run writes the
+# preset into params.yaml and clears the stages' outputs as it goes: when it fails (offline, no
+# GPU memory, Ctrl-C), both go back as they were.
+define run_preset
+	args=$$(python -m stages.preset $(2) $(1)) || exit $$?; \
 	mkdir -p .dvc/tmp && cp params.yaml .dvc/tmp/params.before-preset.yaml \
 		&& { [ ! -f dvc.lock ] || cp dvc.lock .dvc/tmp/dvc.lock.before-preset; }; \
 	dvc exp run $$args || { status=$$?; \
 		cp .dvc/tmp/params.before-preset.yaml params.yaml; \
 		[ ! -f .dvc/tmp/dvc.lock.before-preset ] || cp .dvc/tmp/dvc.lock.before-preset dvc.lock; \
 		dvc checkout --quiet || true; \
-		echo "repro-cifar10: the run failed ($$status); params.yaml, dvc.lock and the default" \
+		echo "$(3): the run failed ($$status); params.yaml, dvc.lock and the default" \
 			"pipeline's outputs are back as they were" >&2; \
 		exit $$status; }
+endef
+
+# The paper's CIFAR-10 recipe as a DVC experiment (GPU and internet needed); a machine without a
+# GPU stops before the run (FORCE=1 overrides).
+repro-cifar10: setup
+	@$(call run_preset,presets/cifar10_resnet50.yaml,--require-gpu,repro-cifar10)
+
+# Your own photos (presets/photos.yaml: the packaged pretrained EfficientNet-Lite0 fine-tuned
+# with RankMixup; README, "Train on your own images"), as a DVC experiment:
+#   make repro-photos DATA=path/to/photos     (one sub-folder per class)
+repro-photos: setup
+	@test -n "$(DATA)" || { echo "repro-photos: name your photo folder:" \
+		"make repro-photos DATA=<folder with one sub-folder per class>" >&2; exit 2; }
+	@$(call run_preset,presets/photos.yaml,--set 'data.root=$(DATA)',repro-photos)
 
 # The loss comparison study (params.yaml's `study` section, stages in study/dvc.yaml; one
 # stage per row, so only changed rows rerun). See README for its duration on 2 CPU cores.

@@ -220,7 +220,9 @@ class LossConfig:
 class TrainConfig:
     """``train`` section: optimisation loop, and the BatchNorm statistics the chosen model
     keeps (``bn_statistics``: those training accumulated, or recomputed after it by
-    :mod:`pipeline.bn_statistics`)."""
+    :mod:`pipeline.bn_statistics`). ``freeze_bn`` keeps BatchNorm in evaluation mode while
+    training: a pretrained backbone's statistics normalise every batch and are never updated
+    (its scale and shift still train)."""
 
     __pydantic_config__ = STRICT_KEYS
 
@@ -243,6 +245,7 @@ class TrainConfig:
     nproc_per_node: Int
     sync_batchnorm: Bool
     bn_statistics: Literal["trained", "raw", "mixed"]
+    freeze_bn: Bool
 
     def __post_init__(self) -> None:
         _check("train.epochs", self.epochs, self.epochs >= 1, ">= 1")

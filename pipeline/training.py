@@ -40,7 +40,7 @@ from pipeline.batches import (
     photo_transform,
     training_batches,
 )
-from pipeline.bn_statistics import Mixing, has_batchnorm, recompute_bn
+from pipeline.bn_statistics import Mixing, has_batchnorm, recompute_bn, tracking_batchnorms
 from pipeline.calibration import softmax
 from pipeline.checkpoint import load_checkpoint, load_model, save_checkpoint
 from pipeline.config import ConfigError, LossConfig, ModelConfig, TrainConfig
@@ -200,6 +200,11 @@ def train(
         model = synchronise_batchnorm(model, device)
     if cfg.bn_statistics == "mixed":
         mix_layer(model, loss_cfg)  # a mixing layer the network lacks fails now, not after training
+    if cfg.freeze_bn and not (model_cfg.pretrained or model_cfg.weights):
+        logger.warning(
+            "train.freeze_bn with a network trained from scratch: its BatchNorm layers keep "
+            "their initial statistics (mean 0, variance 1) and do not normalise"
+        )
     logger.info("training on %s in %s", device, precision(cfg, device))
     if precision(cfg, device) == "bf16" and device.type == "cpu":
         batchnorm_in_fp32(model)
@@ -401,6 +406,9 @@ def _train_epoch(
 ) -> dict[str, float]:
     """One pass over the training split; returns the mean of each loss part (over ranks)."""
     step.train()
+    if cfg.freeze_bn:
+        for layer in tracking_batchnorms(model):
+            layer.eval()
     device = images.device
     # Every source of randomness is a function of (seed, epoch): resuming replays it exactly.
     # The order and the crops are the same on every rank (each takes its rows of the batch);

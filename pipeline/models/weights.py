@@ -16,17 +16,18 @@ the dataset's classes, as with ``model.pretrained``):
 1. By name: every backbone key is in the file, and the file's other keys are the old head's.
 2. By order, only when names differ and the file keeps an order (a PyTorch file does; a
    safetensors file stores its tensors sorted, so it must match by name): the file's tensors
-   pair one to one, in order, with the backbone's (a file that still holds its old head has it where the network has its head), and
-   every pair has the same shape. Another implementation of the same network saves its tensors
-   in the same order under other names (the EfficientNet-Lite0 file: ``_conv_stem.weight``,
-   ``_blocks.0...`` against timm's ``conv_stem.weight``, ``blocks.0.0...``); the log says when
-   this rule was used.
+   pair one to one, in order, with the backbone's (a file that still holds its old head has it
+   where the network has its head), and every pair has the same shape. Another implementation
+   of the same network saves its tensors in the same order under other names (the
+   EfficientNet-Lite0 file: ``_conv_stem.weight``, ``_blocks.0...`` against timm's
+   ``conv_stem.weight``, ``blocks.0.0...``); the log says when this rule was used.
 
 Anything else (a missing or extra tensor, a shape that differs) raises :class:`WeightsError`
 naming the first few keys and the counts: a partly loaded backbone must never train silently.
 BatchNorm's ``num_batches_tracked`` counters (0-d integer tensors, whatever their names) take no
-part (some exporters drop them; with a set momentum they change nothing), and a 3-channel first convolution is adapted to a 1-channel
-dataset by timm's ``adapt_input_conv``, as ``model.pretrained`` does.
+part (some exporters drop them; with a set momentum they change nothing), and a 3-channel first
+convolution is adapted to a 1-channel dataset by timm's ``adapt_input_conv``, as
+``model.pretrained`` does.
 """
 
 from __future__ import annotations

@@ -1,0 +1,155 @@
+"""The photo-folder recipe: presets/photos.yaml, `make repro-photos`, and the train stage's
+model.weights and model.normalize end to end on a tiny folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from pipeline.config import ConfigError, load_section, read_params
+from pipeline.data import load_prepared
+from stages import download, preset
+from stages import train as train_stage
+from tests.conftest import ROOT
+from tests.image_folder import make_image_folder
+
+PRESET = ROOT / "presets" / "photos.yaml"
+LITE0 = ROOT / "weights" / "efficientnet_lite0.pth"
+
+
+def write_params(path: Path, params: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def test_photos_preset_is_params_yaml_but_for_its_photos_keys() -> None:
+    photos, params = read_params(PRESET), read_params(ROOT / "params.yaml")
+    for section in params:
+        load_section(photos, section)
+    changed = {f"{s}.{k}" for s in params for k in params[s] if photos[s][k] != params[s][k]}
+    text = PRESET.read_text()
+    for key in changed:  # each differing key says why, on its line or the lines above
+        section, name = key.split(".")
+        lines = text.splitlines()
+        line = next(i for i, row in enumerate(lines) if row.startswith(f"  {name}:"))
+        context = "\n".join(lines[max(0, line - 4) : line + 1])
+        assert "photos" in context, key
+    assert photos["model"] == {
+        "arch": "timm:efficientnet_lite0",
+        "pretrained": False,
+        "weights": "weights/efficientnet_lite0.pth",
+        "normalize": "symmetric",
+    }
+    assert photos["train"]["freeze_bn"] and photos["train"]["augment"] == "photo"
+    assert photos["data"]["dataset"] == "folder"
+
+
+def test_preset_set_replaces_the_folder_and_refuses_what_is_no_folder(tmp_path: Path) -> None:
+    args = preset.preset_args(str(PRESET), [f"data.root={tmp_path}"])
+    assert f'data.root="{tmp_path}"' in args
+    with pytest.raises(ConfigError, match=r"data\.root .*absent' is not a folder"):
+        preset.preset_args(str(PRESET), [f"data.root={tmp_path / 'absent'}"])
+    with pytest.raises(ConfigError, match=r"expected section\.key=value"):
+        preset.preset_args(str(PRESET), ["data.nope=1"])
+    (tmp_path / "my photos").mkdir()
+    with pytest.raises(ConfigError, match="white space"):
+        preset.preset_args(str(PRESET), [f"data.root={tmp_path / 'my photos'}"])
+
+
+def make_repro_photos(
+    cwd: Path, fake_bin: Path, *args: str, **tools: str
+) -> subprocess.CompletedProcess:
+    fake_bin.mkdir()
+    for name, body in tools.items():
+        (fake_bin / name).write_text(f"#!/bin/sh\n{body}\n")
+        (fake_bin / name).chmod(0o755)
+    return subprocess.run(
+        ["make", "-s", "-o", "setup", "repro-photos", *args, f"PATH={fake_bin}:/usr/bin:/bin"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_make_repro_photos_needs_a_folder_and_passes_it_to_the_preset(tmp_path: Path) -> None:
+    log = tmp_path / "calls.log"
+    tools = {
+        "dvc": f'echo dvc "$@" >> {log}',
+        "python": f'echo python "$@" >> {log}; echo "-S data.root=\\"/x\\""',
+    }
+    result = make_repro_photos(ROOT, tmp_path / "bin", **tools)
+    assert result.returncode != 0 and "make repro-photos DATA=<folder" in result.stderr
+    assert not log.exists()
+    result = make_repro_photos(ROOT, tmp_path / "bin2", "DATA=/srv/photos", **tools)
+    assert result.returncode == 0, result.stderr
+    assert log.read_text().splitlines() == [
+        "python -m stages.preset --set data.root=/srv/photos presets/photos.yaml",
+        'dvc exp run -S data.root="/x"',
+    ]
+
+
+def tiny_photo_params(tmp_path: Path, **train: Any) -> dict[str, Any]:
+    params = read_params(PRESET)
+    params["data"].update(root=str(make_image_folder(tmp_path / "photos", per_class=6)))
+    params["data"].update(image_size=[32, 32], ood=["noise"], val_fraction=0.3)
+    params["train"].update(epochs=1, batch_size=8, **train)
+    return params
+
+
+@pytest.mark.skipif(not LITE0.is_file(), reason="make setup writes weights/efficientnet_lite0.pth")
+def test_train_stage_fine_tunes_the_packaged_backbone_with_its_scaling(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    params = tiny_photo_params(tmp_path)
+    params["model"]["weights"] = str(LITE0)
+    path = write_params(tmp_path / "p.yaml", params)
+    prepared = tmp_path / "prepared"
+    assert (
+        download.main(
+            ["--params", str(path), "--out", str(prepared), "--raw", str(tmp_path / "raw")]
+        )
+        == 0
+    )
+    data = load_prepared(prepared)
+    assert data.normalize == "symmetric" and data.mean == [0.5] * 3 and data.std == [0.5] * 3
+    out = ["--checkpoints", str(tmp_path / "ck"), "--model", str(tmp_path / "model.pt")]
+    out += ["--metrics", str(tmp_path / "train.json"), "--live", str(tmp_path / "live")]
+    assert train_stage.main(["--params", str(path), "--data", str(prepared), *out]) == 0
+    ckpt = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert ckpt["meta"]["mean"] == [0.5] * 3
+    # BatchNorm frozen: the running statistics are still the file's
+    file = torch.load(LITE0, weights_only=True)
+    assert torch.equal(ckpt["model"]["net.bn1.running_var"], file["_bn0.running_var"])
+    assert not torch.equal(ckpt["model"]["net.conv_stem.weight"], file["_conv_stem.weight"])
+    assert "outside weights/" not in capsys.readouterr().err  # DVC watches weights/
+    assert json.loads((tmp_path / "train.json").read_text())["epochs"] == 1
+
+
+def test_train_stage_refuses_weights_that_do_not_fit_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    params = tiny_photo_params(tmp_path)
+    params["model"].update(arch="timm:mobilenetv3_small_050", weights=str(tmp_path / "w.pt"))
+    torch.save({"conv.weight": torch.zeros(3, 3)}, tmp_path / "w.pt")
+    path = write_params(tmp_path / "p.yaml", params)
+    prepared = tmp_path / "prepared"
+    assert (
+        download.main(
+            ["--params", str(path), "--out", str(prepared), "--raw", str(tmp_path / "raw")]
+        )
+        == 0
+    )
+    args = ["--params", str(path), "--data", str(prepared), "--live", str(tmp_path / "live")]
+    args += ["--checkpoints", str(tmp_path / "ck"), "--model", str(tmp_path / "model.pt")]
+    assert train_stage.main(args) == 2
+    err = capsys.readouterr().err
+    assert "train: model.weights: " in err and "does not fit timm:mobilenetv3_small_050" in err
+    assert "Traceback" not in err and not (tmp_path / "model.pt").exists()
+    assert f"model.weights {tmp_path / 'w.pt'} is outside weights/" in err
