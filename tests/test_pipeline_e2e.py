@@ -26,7 +26,18 @@ from tests.serving.conftest import (
     write_params,
 )
 
-TRACKED = ["dvc.yaml", "pipeline", "stages", "checksums", ".dvcignore", ".gitignore", "images"]
+TRACKED = [
+    "dvc.yaml",
+    "pipeline",
+    "stages",
+    "checksums",
+    ".dvcignore",
+    ".gitignore",
+    "images",
+    "weights",
+]
+# What git does not track there: a clone has none of it (make setup writes weights/*.pth).
+IGNORED = shutil.ignore_patterns("__pycache__", "*.pth")
 
 
 def run(args: list[str], cwd: Path) -> str:
@@ -41,7 +52,7 @@ def project(tmp_path: Path, params: dict[str, Any]) -> Path:
     for name in TRACKED:
         src = ROOT / name
         if src.is_dir():
-            shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(src, tmp_path / name, ignore=IGNORED)
         else:
             shutil.copy(src, tmp_path / name)
     params["data"].update(max_train=600, max_test=200)
