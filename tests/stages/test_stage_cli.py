@@ -6,6 +6,7 @@ import dataclasses
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -376,3 +377,18 @@ def test_default_regime_preset_is_the_pipelines_params_with_a_study_in_its_regim
         assert list(stage["params"][0]) == ["presets/study_default.yaml"]
         outs = [next(iter(o)) if isinstance(o, dict) else o for o in stage["outs"]]
         assert all(o.startswith("study/default/") for o in outs)
+
+
+def test_a_stage_under_a_python_without_the_packages_says_what_to_do() -> None:
+    """A fresh shell's `python` (here: ours without site-packages) lacks the project's packages:
+    the stage stops with the activation step, not with `No module named 'PIL'`."""
+    done = subprocess.run(
+        [sys.executable, "-S", "-m", "stages.train"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "lacks the project's packages (PIL" in done.stderr
+    assert "source .venv/bin/activate" in done.stderr and "Traceback" not in done.stderr
