@@ -16,10 +16,21 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from pipeline.config import FOLDER, SECTIONS, ConfigError, load_section, read_params
+
+
+def override_value(value: Any) -> str:
+    """``value`` in the override grammar ``dvc exp run -S`` parses (Hydra's): JSON scalars,
+    lists, and dicts with bare keys (``{weight:0.1}``; Hydra refuses JSON's quoted keys)."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{override_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(override_value(v) for v in value) + "]"
+    return json.dumps(value)
 
 
 def preset_args(path: str, overrides: Sequence[str] = ()) -> list[str]:
@@ -52,7 +63,7 @@ def preset_args(path: str, overrides: Sequence[str] = ()) -> list[str]:
         load_section(params, section)
         for key, value in params[section].items():
             # compact JSON is valid YAML and has no spaces, so the shell keeps it one word
-            arg = f"{section}.{key}={json.dumps(value, separators=(',', ':'))}"
+            arg = f"{section}.{key}={override_value(value)}"
             if any(c.isspace() for c in arg):  # the make targets split the output into words
                 raise ConfigError(f"{arg}: a value with white space cannot be passed on; rename it")
             args += ["-S", arg]

@@ -153,3 +153,18 @@ def test_train_stage_refuses_weights_that_do_not_fit_in_one_line(
     assert "train: model.weights: " in err and "does not fit timm:mobilenetv3_small_050" in err
     assert "Traceback" not in err and not (tmp_path / "model.pt").exists()
     assert f"model.weights {tmp_path / 'w.pt'} is outside weights/" in err
+
+
+@pytest.mark.parametrize("name", ["photos.yaml", "cifar10_resnet50.yaml", "study_paper.yaml"])
+def test_dvc_applies_a_presets_arguments_to_params_yaml_exactly(tmp_path: Path, name: str) -> None:
+    """The arguments go through DVC's own override parser (Hydra's grammar, which refuses JSON
+    objects) and leave params.yaml holding the preset, nulls and nested rows included."""
+    from dvc.utils.hydra import apply_overrides
+
+    target = tmp_path / "params.yaml"
+    target.write_text((ROOT / "params.yaml").read_text())
+    args = preset.preset_args(str(ROOT / "presets" / name), [f"data.root={tmp_path}"])
+    apply_overrides(target, [a for a in args if a != "-S"])
+    expected = read_params(ROOT / "presets" / name)
+    expected["data"]["root"] = str(tmp_path)
+    assert read_params(target) == expected
