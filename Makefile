@@ -134,6 +134,13 @@ serve: setup
 	RANKCAL_MODEL=$(RANKCAL_MODEL) RANKCAL_PARAMS=$(RANKCAL_PARAMS) \
 		exec bentoml serve serving.service:ImageClassifier
 
+# Prometheus on this machine (Debian's, make setup), scraping `make serve` on params.yaml's
+# serve.port with the project's recording and alert rules; its data under .prometheus/.
+.PHONY: prometheus
+prometheus: setup
+	$(BIN)/python -m serving.prometheus_config $(RANKCAL_PARAMS) .prometheus/prometheus.yml
+	exec prometheus --config.file=.prometheus/prometheus.yml --storage.tsdb.path=.prometheus/data
+
 # The serving image's and the Bento's dependencies (no torch): what pip resolves for the service's
 # imports, pinned to requirements.lock's versions. Rerun after changing requirements.lock.
 SERVING_PACKAGES := onnxruntime-gpu bentoml pillow numpy prometheus-client pyyaml uvloop httptools

@@ -17,8 +17,8 @@ SCRIPT = ROOT / "bench" / "photos.py"
 LITE0 = ROOT / "weights" / "efficientnet_lite0.pth"
 
 
-def load_script() -> Any:
-    spec = importlib.util.spec_from_file_location("photos_bench", SCRIPT)
+def load_script(path: Path = SCRIPT) -> Any:
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module
@@ -60,7 +60,9 @@ def test_table_marks_targets_and_summarises_seeds() -> None:
 def test_the_photo_recipe_runs_through_export_with_its_scaling_in_the_card(tmp_path: Path) -> None:
     bench = load_script()
     folder = tmp_path / "shapes"
-    load_photo_folder().make_photo_folder(folder, per_class=6, test_per_class=3)
+    load_script(ROOT / "bench" / "photo_folder.py").make_photo_folder(
+        folder, per_class=6, test_per_class=3
+    )
     params = bench.recipe_params("photos", folder, seed=0)
     params["data"].update(image_size=[32, 32], ood=["noise"], val_fraction=0.25)
     params["train"].update(epochs=1, batch_size=8)
@@ -76,11 +78,3 @@ def test_the_photo_recipe_runs_through_export_with_its_scaling_in_the_card(tmp_p
     )
     assert card["normalize"] == "symmetric" and card["mean"] == [0.5, 0.5, 0.5]
     assert card["class_names"] == ["circle", "square", "star", "triangle"]
-
-
-def load_photo_folder() -> Any:
-    path = ROOT / "bench" / "photo_folder.py"
-    spec = importlib.util.spec_from_file_location("photo_folder", path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module

@@ -273,3 +273,22 @@ def test_metric_names_follow_prometheus_conventions() -> None:
             assert name.endswith("_ratio"), f"{name}: a share or probability needs _ratio"
             values = [s.value for s in family.samples if s.value == s.value]  # not NaN
             assert all(0 <= v <= 1 for v in values), (name, values)
+
+
+@needs_promtool
+def test_make_prometheus_config_scrapes_serve_port_and_finds_its_rules(tmp_path: Path) -> None:
+    from serving.prometheus_config import main
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["serve"]["port"] = 3917
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    out = tmp_path / "elsewhere" / "prometheus.yml"
+    assert main([str(tmp_path / "p.yaml"), str(out)]) == 0
+    config = load_yaml(out)
+    assert config["scrape_configs"][0]["static_configs"][0]["targets"] == ["localhost:3917"]
+    # checked from another folder: the rule files resolve wherever Prometheus starts
+    result = subprocess.run(
+        ["promtool", "check", "config", str(out)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 2 rule files found" in result.stdout

@@ -103,20 +103,22 @@ def tiny_photo_params(tmp_path: Path, **train: Any) -> dict[str, Any]:
     return params
 
 
+def prepare(tmp_path: Path, params: dict[str, Any]) -> tuple[Path, Path]:
+    """Write ``params`` and run the download stage on them: (params file, prepared folder)."""
+    path = write_params(tmp_path / "p.yaml", params)
+    prepared = tmp_path / "prepared"
+    args = ["--params", str(path), "--out", str(prepared), "--raw", str(tmp_path / "raw")]
+    assert download.main(args) == 0
+    return path, prepared
+
+
 @pytest.mark.skipif(not LITE0.is_file(), reason="make setup writes weights/efficientnet_lite0.pth")
 def test_train_stage_fine_tunes_the_packaged_backbone_with_its_scaling(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     params = tiny_photo_params(tmp_path)
     params["model"]["weights"] = str(LITE0)
-    path = write_params(tmp_path / "p.yaml", params)
-    prepared = tmp_path / "prepared"
-    assert (
-        download.main(
-            ["--params", str(path), "--out", str(prepared), "--raw", str(tmp_path / "raw")]
-        )
-        == 0
-    )
+    path, prepared = prepare(tmp_path, params)
     data = load_prepared(prepared)
     assert data.normalize == "symmetric" and data.mean == [0.5] * 3 and data.std == [0.5] * 3
     out = ["--checkpoints", str(tmp_path / "ck"), "--model", str(tmp_path / "model.pt")]
@@ -138,14 +140,7 @@ def test_train_stage_refuses_weights_that_do_not_fit_in_one_line(
     params = tiny_photo_params(tmp_path)
     params["model"].update(arch="timm:mobilenetv3_small_050", weights=str(tmp_path / "w.pt"))
     torch.save({"conv.weight": torch.zeros(3, 3)}, tmp_path / "w.pt")
-    path = write_params(tmp_path / "p.yaml", params)
-    prepared = tmp_path / "prepared"
-    assert (
-        download.main(
-            ["--params", str(path), "--out", str(prepared), "--raw", str(tmp_path / "raw")]
-        )
-        == 0
-    )
+    path, prepared = prepare(tmp_path, params)
     args = ["--params", str(path), "--data", str(prepared), "--live", str(tmp_path / "live")]
     args += ["--checkpoints", str(tmp_path / "ck"), "--model", str(tmp_path / "model.pt")]
     assert train_stage.main(args) == 2
