@@ -16,10 +16,12 @@ Targets of the recipe (issue "A model worth serving from a user's photos"): held
 >= 95% and ECE after temperature scaling <= 3% on this 2-core CPU; the script marks each row.
 
 A row's recipe is named ``<recipe>/<loss.name>``; ``--losses ce mndcg`` runs each recipe with
-each loss.
+each loss, and ``--set section.key=value`` changes any param of every run (e.g.
+``--set train.freeze_bn=false``: what frozen BatchNorm brings).
 
 Usage: python bench/photos.py [--seeds 0 1 2] [--recipes photos small_cnn_scratch]
-       [--losses ce mndcg] [--work DIR] [--per-class 150] [--test-per-class 60] [--json F]
+       [--losses ce mndcg] [--set train.freeze_bn=false] [--work DIR] [--per-class 150]
+       [--test-per-class 60] [--json F]
 """
 
 from __future__ import annotations
@@ -71,9 +73,16 @@ def _read(path: Path) -> dict[str, Any]:
         return yaml.safe_load(fh)
 
 
-def recipe_params(recipe: str, folder: Path, seed: int, loss: str | None = None) -> dict[str, Any]:
+def recipe_params(
+    recipe: str,
+    folder: Path,
+    seed: int,
+    loss: str | None = None,
+    overrides: Sequence[str] = (),
+) -> dict[str, Any]:
     """presets/photos.yaml for ``folder`` and ``seed``, changed as ``recipe`` says, trained
-    with ``loss`` (``loss.name``) instead of the recipe's when given."""
+    with ``loss`` (``loss.name``) instead of the recipe's when given, then ``overrides``
+    (``section.key=value``, the value in YAML) applied."""
     params = copy.deepcopy(_read(ROOT / "presets" / "photos.yaml"))
     params["data"]["root"] = str(folder)
     change = RECIPES[recipe]
@@ -83,6 +92,12 @@ def recipe_params(recipe: str, folder: Path, seed: int, loss: str | None = None)
     params["train"]["seed"] = seed
     if loss is not None:
         params["loss"]["name"] = loss
+    for item in overrides:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        if name not in params.get(section, {}):
+            raise ValueError(f"--set {item!r}: no such key in the params")
+        params[section][name] = yaml.safe_load(value)
     return params
 
 
@@ -187,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=["photos"])
     p.add_argument("--losses", nargs="+", default=[None], help="loss.name (default: the recipe's)")
+    p.add_argument("--set", action="append", default=[], help="section.key=value, any run")
     p.add_argument("--work", type=Path, default=None, help="run folders (default: a temp dir)")
     p.add_argument("--per-class", type=int, default=150)
     p.add_argument("--test-per-class", type=int, default=60)
@@ -199,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _photo_folder().make_photo_folder(folder, args.per_class, args.test_per_class)
         rows = []
         for recipe, loss, seed in itertools.product(args.recipes, args.losses, args.seeds):
-            params = recipe_params(recipe, folder, seed, loss)
+            params = recipe_params(recipe, folder, seed, loss, args.set)
             name = f"{recipe}/{params['loss']['name']}"
             run = work / f"{name.replace('/', '-')}-s{seed}"
             shutil.rmtree(run, ignore_errors=True)  # a checkpoint left there would resume

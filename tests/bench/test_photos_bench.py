@@ -35,6 +35,10 @@ def test_recipes_change_only_what_they_name(tmp_path: Path) -> None:
         not scratch["train"]["freeze_bn"] and scratch["model"]["arch"] == "timm:efficientnet_lite0"
     )
     assert bench.recipe_params("photos", tmp_path, seed=0, loss="ce")["loss"]["name"] == "ce"
+    thawed = bench.recipe_params("photos", tmp_path, 0, None, ["train.freeze_bn=false"])
+    assert thawed["train"]["freeze_bn"] is False
+    with pytest.raises(ValueError, match="no such key"):
+        bench.recipe_params("photos", tmp_path, 0, None, ["train.freeze=false"])
     small = bench.recipe_params("small_cnn_scratch", tmp_path, seed=1)
     assert small["model"]["arch"] == "small_cnn" and small["data"]["dataset"] == "folder"
     assert (small["train"]["epochs"], small["train"]["batch_size"]) == (30, 32)
