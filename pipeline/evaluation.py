@@ -104,6 +104,8 @@ def evaluate(model: nn.Module, data: PreparedData, cfg: EvaluateConfig) -> Evalu
     val_labels = data.train.labels[data.val_idx]
     val_logits = logits_of(val_images)
     fit = fit_temperature(val_logits, val_labels)
+    if fit.method != "nll":
+        logger.warning("temperature scaling: %s; the model is served at T = 1", fit.method)
     t = fit.temperature
     test_logits, test_norms = outputs_of(data.test.images)
     labels = data.test.labels

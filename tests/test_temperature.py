@@ -146,3 +146,17 @@ def test_invalid_temperatures_and_options_are_named() -> None:
         fit_temperature_ece_grid(z, labels, n_bins=0)
     with pytest.raises(ValueError, match=r"probs.*\(3,\)"):
         estimated_accuracy(np.ones(3))
+
+
+def test_a_validation_split_without_error_keeps_the_models_own_temperature() -> None:
+    """All right: the NLL wants T -> 0 (the bound); that says nothing of T, so 1.0 stays."""
+    labels = np.array([0, 1, 2, 0])
+    z = np.eye(3)[labels] * 2.0  # every row right, with a modest margin
+    fit = fit_temperature(z, labels)
+    assert fit_temperature_nll(z, labels) == 0.05  # what the plain fit would serve
+    assert fit.temperature == 1.0 and fit.method.startswith("none")
+    assert fit.nll_after == fit.nll_before
+    # one error: a minimum exists again, and it is fitted
+    wrong = np.array([0, 1, 2, 1])
+    refit = fit_temperature(z, wrong)
+    assert refit.method == "nll" and refit.temperature > 1.0
