@@ -6,6 +6,9 @@ autocast as training uses it where the CPU computes bf16 natively) are timed rou
 machine noise hits them alike; each is reported as a ratio to fp32 ``ce``, and bf16 as its
 speed-up over fp32. Channels-last, as training runs.
 
+With a folder dataset's params (``--params presets/photos.yaml``) the batch has that folder's
+image size and channels.
+
 Usage: python bench/train_step.py [--params params.yaml] [--rounds 20] [--batch-size 128]
     [--precisions fp32 bf16] [--arch wrn16_4]
 """
@@ -41,7 +44,9 @@ def main() -> None:
         params["model"]["arch"] = args.arch
     model_cfg, base_loss = load_section(params, "model"), load_section(params, "loss")
     torch.manual_seed(0)
-    shape = (1, 28, 28)  # the default dataset, Fashion-MNIST
+    data = params["data"]
+    # a folder's images as its params size them (presets/photos.yaml); else Fashion-MNIST's
+    shape = (data["channels"], *data["image_size"]) if data["dataset"] == "folder" else (1, 28, 28)
     model = build_model(model_cfg.arch, num_classes=10, in_channels=shape[0])
     model.to(memory_format=torch.channels_last)
     if "bf16" in args.precisions:
