@@ -53,6 +53,11 @@ class MappedImages:
     def __len__(self) -> int:
         return len(self.rows)
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(N, H, W, C)`` of this set, as a tensor of it would have."""
+        return (len(self.rows), *self.images.shape[1:])
+
     def __getitem__(self, idx: Tensor) -> Tensor:
         picked = self.rows[idx.cpu().numpy()]
         order = np.argsort(picked, kind="stable")  # ascending offsets: sequential reads

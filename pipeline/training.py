@@ -393,6 +393,23 @@ def _step_function(
     return nn.parallel.DistributedDataParallel(objective, device_ids=ids)
 
 
+def _train_mode(step: nn.Module, model: nn.Module, freeze_bn: bool) -> None:
+    """Training mode; with ``freeze_bn`` the BatchNorm layers stay in evaluation mode."""
+    step.train()
+    if freeze_bn:
+        for layer in tracking_batchnorms(model):
+            layer.eval()
+
+
+def _augmentation(augment: str, size: tuple[int, ...]) -> dict[str, Any]:
+    """:func:`training_batches`' augmentation arguments for ``train.augment``."""
+    if augment in ("crop", "crop_flip"):
+        return {"crop": (4, augment == "crop_flip")}
+    if augment == "photo":
+        return {"photo": photo_transform((int(size[0]), int(size[1])))}
+    return {}
+
+
 def _train_epoch(
     step: nn.Module,
     model: MixableNet,
@@ -405,10 +422,7 @@ def _train_epoch(
     ranks: Ranks,
 ) -> dict[str, float]:
     """One pass over the training split; returns the mean of each loss part (over ranks)."""
-    step.train()
-    if cfg.freeze_bn:
-        for layer in tracking_batchnorms(model):
-            layer.eval()
+    _train_mode(step, model, cfg.freeze_bn)
     device = images.device
     # Every source of randomness is a function of (seed, epoch): resuming replays it exactly.
     # The order and the crops are the same on every rank (each takes its rows of the batch);
@@ -416,20 +430,12 @@ def _train_epoch(
     torch.manual_seed(cfg.seed * 100_003 + epoch + 7_919 * ranks.rank)
     generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
     rng = np.random.default_rng([cfg.seed, epoch, *([ranks.rank] if ranks.distributed else [])])
-    crop = (4, cfg.augment == "crop_flip") if cfg.augment in ("crop", "crop_flip") else None
-    photo = photo_transform(tuple(images.shape[1:3])) if cfg.augment == "photo" else None
     min_size = 2 * ranks.world_size
     totals: dict[str, float] = {}
     steps = num_batches(len(images), cfg.batch_size, min_size)
+    augment = _augmentation(cfg.augment, tuple(images.shape[1:3]))
     batches = training_batches(
-        images,
-        labels,
-        cfg.batch_size,
-        generator,
-        crop=crop,
-        photo=photo,
-        shard=ranks.shard(),
-        min_size=min_size,
+        images, labels, cfg.batch_size, generator, **augment, shard=ranks.shard(), min_size=min_size
     )
     bar = tqdm(
         batches,
