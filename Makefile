@@ -14,7 +14,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: setup system-data repro repro-cifar10 repro-photos test lint bench-train bench-serve bench-folder bench-load study study-paper study-default \
+.PHONY: setup system-data repro repro-cifar10 repro-photos test lint bench-train bench-serve bench-folder bench-load study study-paper study-default study-photos \
 	serving-requirements bento params-schema k8s-rules
 
 setup: $(STAMP) system-data .dvc/plots-offline.html $(LITE0)
@@ -121,6 +121,11 @@ study-paper: setup
 # 27,000 images with crop + flip; about 15 minutes on 2 CPU cores).
 study-default: setup
 	dvc repro study/default/dvc.yaml
+
+# The same comparison where users fine-tune (presets/study_photos.yaml: presets/photos.yaml's
+# recipe on two generated photo folders, shapes and garments; 2-5 minutes a row on 2 CPU cores).
+study-photos: setup
+	dvc repro study/photos/dvc.yaml
 
 # Serve the exported model over HTTP on params.yaml's serve.port (docs/serving.md).
 RANKCAL_MODEL ?= models/model.onnx

@@ -75,7 +75,7 @@ def _rgb(colour: np.ndarray) -> tuple[int, int, int]:
     return red, green, blue
 
 
-def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+def draw_background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     """A ``(height, width, 3)`` float background: one colour, or a linear gradient of two."""
     first = _colour(rng)
     if rng.random() < 0.4:
@@ -88,7 +88,7 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
     return first + t[..., None] * (second - first)
 
 
-def _fill_colour(rng: np.random.Generator, background: np.ndarray) -> tuple[int, int, int]:
+def fill_colour(rng: np.random.Generator, background: np.ndarray) -> tuple[int, int, int]:
     """A random colour whose luma keeps :data:`_MIN_LUMA_GAP` from all of ``background``'s."""
     luma = background @ _LUMA
     low, high = luma.min() - _MIN_LUMA_GAP, luma.max() + _MIN_LUMA_GAP
@@ -132,8 +132,8 @@ def draw_scene(shape: str, rng: np.random.Generator) -> tuple[Image.Image, np.nd
     width = int(rng.integers(60, 401))
     # Aspect ratios within 1:2 and 2:1, as cameras and crops give.
     height = int(rng.integers(max(60, width // 2), min(400, 2 * width) + 1))
-    pixels = _background(rng, width, height)
-    fill = _fill_colour(rng, pixels)
+    pixels = draw_background(rng, width, height)
+    fill = fill_colour(rng, pixels)
     side = min(width, height)
     size = rng.uniform(0.3, 0.8) * side
     # The object centres on the central square of the frame (sticking out by up to 15% of its

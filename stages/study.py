@@ -11,6 +11,7 @@ have run so far (a study still running, or stopped part-way).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -42,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=Path("study/runs"))
     p.add_argument("--out", type=Path, default=Path("study"))
     p.add_argument(
+        "--root",
+        type=Path,
+        help="run only: the data.root of this row (a study over several folders, study/photos)",
+    )
+    p.add_argument(
         "--partial",
         action="store_true",
         help="table only: tabulate the rows that have run, leaving out the missing ones",
@@ -68,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.seed is None:
             raise ConfigError(f"run {args.name} needs --seed (study.seeds: {study.seeds})")
         data_cfg = study_data_config(load_section(params, "data"), study)
+        if args.root is not None:
+            data_cfg = dataclasses.replace(data_cfg, root=str(args.root))
         model_cfg = load_section(params, "model")
         data = prepare(data_cfg, args, max_train=study.max_train, normalize=model_cfg.normalize)
         row = run_row(
