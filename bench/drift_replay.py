@@ -4,7 +4,8 @@ Two measurements behind ``docs/serving.md`` ("The feature norm"), on the exporte
 
 1. Offline, no server: for draws of n test images (n = 100, 200, 500), the largest PSI of the
    five input statistics (four of the pixels, the feature norm's rank) less the sampling term
-   (bins - 1) / n, what ``rankcal:input_psi_excess:5m`` computes: how often it reaches the
+   (k - 1)(1/n + 1/m) (``pipeline.drift.sampling_psi``: k bins the reference fills, m images
+   it binned), what ``rankcal:input_psi_excess:5m`` computes: how often it reaches the
    validity signal's 0.25 on clean traffic, with the pixel statistics alone and with all five.
 2. Live: a real ``bentoml serve`` gets test images, then the same images rotated (the shift
    study's corruption, severities 3 to 5), each as one ``.npy`` batch to ``/classify_batch``; the
@@ -38,7 +39,7 @@ from bench.servers import ROOT, SERVICE, free_port, start_server, wait_ready, wr
 from pipeline.data import load_prepared
 from pipeline.data.corruptions import corrupt
 from pipeline.data.split import stratified_subset
-from pipeline.drift import bin_counts, psi
+from pipeline.drift import bin_counts, psi, psi_excess, sampling_psi
 from pipeline.feature_norm import STATISTIC as FEATURE
 from pipeline.feature_norm import norm_rank
 from pipeline.input_stats import EDGES, STATISTICS, input_statistics
@@ -71,10 +72,9 @@ def offline_false_alarms(model: Path, images: np.ndarray, draws: int) -> list[st
         four, five = [], []
         for _ in range(draws):
             idx = rng.choice(len(images), n, replace=False)
-            by = {k: psi(bin_counts(stats[k][idx], EDGES), refs[k]) for k in refs}
-            sampling = (len(EDGES) - 2) / n
-            four.append(max(v for k, v in by.items() if k != FEATURE) - sampling)
-            five.append(max(by.values()) - sampling)
+            by = {k: psi_excess(bin_counts(stats[k][idx], EDGES), refs[k]) for k in refs}
+            four.append(max(v for k, v in by.items() if k != FEATURE))
+            five.append(max(by.values()))
         f4, f5 = np.array(four), np.array(five)
         rows.append(
             f"| {n} | {100 * (f4 >= VALID_BELOW).mean():.1f}% | {np.percentile(f4, 95):.3f} | "
@@ -108,7 +108,7 @@ def _streams(images: np.ndarray) -> list[tuple[str, np.ndarray]]:
 
 def _stream_row(url: str, name: str, batch: np.ndarray, labels: np.ndarray) -> str:
     """Send ``batch`` as one .npy request; its row from the answers and the /metrics deltas."""
-    before, reference = _scrape(url)
+    before, reference, sizes = _scrape(url)
     answer = httpx.post(
         f"{url}/classify_batch",
         content=npy_bytes(batch),
@@ -116,18 +116,23 @@ def _stream_row(url: str, name: str, batch: np.ndarray, labels: np.ndarray) -> s
         timeout=120,
     )
     answer.raise_for_status()
-    after, _ = _scrape(url)
+    after, _, _ = _scrape(url)
     preds = answer.json()["predictions"]
     accuracy = np.mean([p["class_index"] == y for p, y in zip(preds, labels, strict=True)])
     estimate = np.mean([p["confidence"] for p in preds])
     ood = np.mean([p["is_ood"] for p in preds])
-    by = {}
+    by, excesses = {}, []
     for statistic in sorted({s for s, _ in reference}):
         bins = sorted((b for s, b in reference if s == statistic), key=float)
         live = [after[(statistic, b)] - before.get((statistic, b), 0.0) for b in bins]
-        by[statistic] = psi(live, [reference[(statistic, b)] for b in bins])
+        shares = [reference[(statistic, b)] for b in bins]
+        by[statistic] = psi(live, shares)
+        # The reference's counts, back from its shares and size, for the sampling term.
+        excesses.append(
+            by[statistic] - sampling_psi(np.multiply(shares, sizes[statistic]), len(batch))
+        )
     pixels = max(v for k, v in by.items() if k != FEATURE)
-    excess = max(by.values()) - (len(EDGES) - 2) / len(batch)
+    excess = max(excesses)
     valid = excess < VALID_BELOW and ood < OOD_SHARE
     return (
         f"| {name} | {100 * accuracy:.1f} | {100 * estimate:.1f} | {pixels:.3f} | "
@@ -136,8 +141,8 @@ def _stream_row(url: str, name: str, batch: np.ndarray, labels: np.ndarray) -> s
     )
 
 
-def _scrape(url: str) -> tuple[dict, dict]:
-    counts, reference = {}, {}
+def _scrape(url: str) -> tuple[dict, dict, dict]:
+    counts, reference, sizes = {}, {}, {}
     for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text):
         for s in family.samples:
             key = (s.labels.get("statistic"), s.labels.get("bin"))
@@ -145,7 +150,9 @@ def _scrape(url: str) -> tuple[dict, dict]:
                 counts[key] = s.value
             elif s.name == "rankcal_input_reference_ratio":
                 reference[key] = s.value
-    return counts, reference
+            elif s.name == "rankcal_input_reference_images":
+                sizes[key[0]] = s.value
+    return counts, reference, sizes
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -80,7 +80,7 @@ def draw_garment(garment: np.ndarray, rng: np.random.Generator) -> Image.Image:
     h, w = alpha.shape
     cx = (width - side) / 2 + rng.uniform(0.4, 0.6) * side
     cy = (height - side) / 2 + rng.uniform(0.4, 0.6) * side
-    top, left = int(round(cy - h / 2)), int(round(cx - w / 2))
+    top, left = round(cy - h / 2), round(cx - w / 2)
     y0, x0 = max(top, 0), max(left, 0)
     y1, x1 = min(top + h, height), min(left + w, width)
     a = alpha[y0 - top : y1 - top, x0 - left : x1 - left, None]

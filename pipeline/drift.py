@@ -107,3 +107,50 @@ def ks_statistic(
     if p.shape != q.shape:
         raise ValueError(f"observed has {p.size} bins, reference {q.size}")
     return float(np.max(np.abs(np.cumsum(p) - np.cumsum(q))))
+
+
+def sampling_psi(reference: np.ndarray | Sequence[float], observed_size: float) -> float:
+    """The PSI two samples of one distribution show by chance alone: ``(k - 1) (1/n + 1/m)``.
+
+    For ``n`` observed and ``m`` reference values drawn from the same distribution over ``k``
+    bins, ``PSI / (1/n + 1/m)`` tends to a chi-squared variable with ``k - 1`` degrees of freedom
+    (Yurdakul 2018), so this is its expected value. ``k`` counts the bins the reference fills:
+    a bin it leaves empty carries no sampling term of its own (a live value there is read as
+    drift, which is what it is when the reference is large). The service's recording rules
+    compute the same (``rankcal:psi_excess:5m``, ``rankcal:input_psi_excess:5m``).
+
+    The limit holds where every filled bin expects several values in both samples; where some
+    expect about one, the smoothed PSI (:data:`PSI_EPSILON`) runs above it (8 bins with shares
+    down to 1%, n = 100, m = 120: 0.18 on average against 0.13), so the correction is then a
+    floor of the sampling noise, not all of it.
+
+    Args:
+        reference: Counts of the reference over the bins (its total is ``m``).
+        observed_size: ``n``, the number of values the observed histogram holds.
+
+    Returns:
+        The expected PSI of an observed sample of that size, drift-free.
+
+    Raises:
+        ValueError: An empty reference or a non-positive ``observed_size``.
+
+    References:
+        Yurdakul 2018, "Statistical Properties of Population Stability Index", section 3.
+    """
+    counts = np.asarray(reference, dtype=np.float64)
+    _fractions(counts, "reference")
+    if not observed_size > 0:
+        raise ValueError(f"observed_size must be positive, got {observed_size}")
+    filled = int(np.count_nonzero(counts))
+    return float((filled - 1) * (1.0 / observed_size + 1.0 / counts.sum()))
+
+
+def psi_excess(
+    observed: np.ndarray | Sequence[float], reference: np.ndarray | Sequence[float]
+) -> float:
+    """:func:`psi` less :func:`sampling_psi`: the drift beyond what the two sizes explain.
+
+    Negative when the two agree better than sampling alone would have it.
+    """
+    total = float(np.sum(np.asarray(observed, dtype=np.float64)))
+    return psi(observed, reference) - sampling_psi(reference, total)

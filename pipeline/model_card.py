@@ -28,7 +28,8 @@ FEATURE_OUTPUT = "feature_norm"
 
 @dataclass(frozen=True)
 class ReferenceConfidence:
-    """Histogram of calibrated top-1 confidence on the test set (``lo < c <= hi`` bins)."""
+    """Histogram of calibrated top-1 confidence on the held-out images, validation and test
+    (``lo < c <= hi`` bins); cards of models evaluated before 2026-12-08 hold the test set's."""
 
     __pydantic_config__ = STRICT_KEYS
 

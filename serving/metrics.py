@@ -89,7 +89,12 @@ _WINDOW_GAUGES = {
     "size": ("rankcal_window_size", "Predictions currently in the rolling window"),
 }
 _STATIC_HELP = {
-    "rankcal_reference_mean_confidence_ratio": "Reference (test set) mean calibrated confidence",
+    "rankcal_reference_mean_confidence_ratio": (
+        "Reference (held-out images) mean calibrated confidence"
+    ),
+    "rankcal_reference_images": (
+        "Held-out images the confidence reference was binned on (its sampling noise)"
+    ),
     "rankcal_model_evaluation_accuracy_ratio": "Test-set accuracy of the served model",
     "rankcal_ood_threshold": (
         "OOD score (rankcal_model_info's ood_score) below which a prediction is flagged OOD"
@@ -271,7 +276,7 @@ class ServiceMetrics:
         info.labels(card.model_version, provider, card.dataset, card.ood_score).set(1)
         fraction = gauge(
             "rankcal_reference_bucket_ratio",
-            "Reference (test set) fraction of predictions per confidence bin (lo, bin]",
+            "Reference (held-out images) fraction of predictions per confidence bin (lo, bin]",
             ["bin"],
         )
         cdf = gauge(
@@ -286,6 +291,7 @@ class ServiceMetrics:
             cdf.labels(value).set(cumulative[i])
         scalars = {
             "rankcal_reference_mean_confidence_ratio": card.reference_confidence.mean,
+            "rankcal_reference_images": total,
             "rankcal_model_evaluation_accuracy_ratio": card.test_accuracy / 100.0,  # card: percent
             "rankcal_ood_threshold": card.ood_threshold,
             "rankcal_window_capacity": self._window.capacity,
@@ -332,6 +338,13 @@ class ServiceMetrics:
             registry=reg,
             multiprocess_mode=_STATIC_MODE,
         )
+        size = prom.Gauge(
+            "rankcal_input_reference_images",
+            "Training images each input statistic's reference was binned on (its sampling noise)",
+            ["statistic"],
+            registry=reg,
+            multiprocess_mode=_STATIC_MODE,
+        )
         for name, (edges, reference) in references.items():
             self._input_edges[name] = check_edges(edges)
             labels = [floatToGoString(e) for e in self._input_edges[name][1:]]
@@ -339,6 +352,7 @@ class ServiceMetrics:
             self._input_bins[name] = [bins.labels(name, value) for value in labels]
             for value, share in zip(labels, counts / counts.sum(), strict=True):
                 fraction.labels(name, value).set(share)
+            size.labels(name).set(counts.sum())
 
     def _define_feedback(self, prom: Any, reg: CollectorRegistry, le: list[str]) -> None:
         """Delayed labels (``POST /feedback``) per confidence bin of the labelled prediction.

@@ -142,6 +142,15 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
     return ExportedModel(path, card)
 
 
+@pytest.fixture(scope="session")
+def calibrated_model(tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
+    """small_cnn on faint quadrants, exported with a card measured as the evaluate stage does
+    (tests/serving/drift_model.py)."""
+    from tests.serving.drift_model import build_calibrated_model
+
+    return build_calibrated_model(tmp_path_factory.mktemp("calibrated_model"))
+
+
 def write_params(path: Path, **serve: Any) -> Path:
     """A copy of the shipped params.yaml with ``serve`` keys overridden."""
     params = copy.deepcopy(read_params(ROOT / "params.yaml"))

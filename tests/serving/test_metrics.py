@@ -202,6 +202,8 @@ def test_reference_and_model_gauges_equal_the_card(metrics, registry) -> None:
     assert value(registry, "rankcal_reference_cdf_ratio", bin="1.0") == 1.0
     assert value(registry, "rankcal_model_evaluation_accuracy_ratio") == 0.8  # card: 80 %
     assert value(registry, "rankcal_reference_mean_confidence_ratio") == 0.85
+    # the reference's size, for the drift rules' sampling term
+    assert value(registry, "rankcal_reference_images") == sum(REFERENCE)
     assert value(registry, "rankcal_ood_threshold") == 0.4
     assert value(registry, "rankcal_window_capacity") == 10
     info = {"model_version": "v1-abc123", "provider": CPU, "dataset": "toy", "ood_score": "msp"}
@@ -426,6 +428,8 @@ def test_input_statistics_are_binned_on_the_cards_edges(registry) -> None:
         labels = {"statistic": statistic, "bin": upper}
         assert value(registry, "rankcal_input_reference_ratio", **labels) == share
         assert value(registry, "rankcal_input_bin_total", **labels) == 0  # present from the start
+    for statistic, images in {"mean": 4, "contrast": 2, "dark_share": 4, "bright_share": 4}.items():
+        assert value(registry, "rankcal_input_reference_images", statistic=statistic) == images
     dark = np.zeros((2, 4, 4, 1), np.uint8)  # mean 0, all pixels dark
     bright = np.full((1, 4, 4, 1), 255, np.uint8)  # mean 1, all bright
     m.record_inputs(input_statistics(np.concatenate([dark, bright])))
@@ -457,6 +461,7 @@ def test_the_feature_norm_rank_is_counted_beside_the_input_statistics(registry) 
         for b in ("0.1", "0.5", "1.0")
     }
     assert fraction == {"0.1": 1 / 12, "0.5": 1 / 12, "1.0": 3 / 12}
+    assert value(registry, "rankcal_input_reference_images", statistic="feature_norm") == 12
     # Norms 0.5 and 0 (ranks 0.05, 0: first tenth), 4.5 (0.45: fifth), 99 (1: last).
     ranks = norm_rank(np.array([0.5, 0.0, 4.5, 99.0]), features.quantiles)
     np.testing.assert_allclose(ranks, [0.05, 0.0, 0.45, 1.0])

@@ -77,15 +77,16 @@ def exported_registry() -> CollectorRegistry:
         model_version="v1",
         input_reference=InputReference(
             edges=[0.0, 0.5, 1.0],
-            mean=[75, 25],
-            contrast=[50, 50],
-            dark_share=[10, 90],
-            bright_share=[90, 10],
+            # 400 training images binned, as rules_test.yml's rankcal_input_reference_images
+            mean=[300, 100],
+            contrast=[200, 200],
+            dark_share=[40, 360],
+            bright_share=[360, 40],
         ),
         # rules_test.yml's feature norm: half the training images in the bin ending at 0.5, half
         # in the last (the other eight bins, empty in reference and traffic, add 0 to a PSI).
         feature_reference=FeatureReference(
-            quantiles=[float(q) for q in range(11)], counts=[0, 0, 0, 0, 5, 0, 0, 0, 0, 5]
+            quantiles=[float(q) for q in range(11)], counts=[0, 0, 0, 0, 200, 0, 0, 0, 0, 200]
         ),
     )
     registry = CollectorRegistry()
@@ -199,6 +200,7 @@ def test_dashboard_reads_only_existing_series() -> None:
         "rankcal:estimated_accuracy:rate5m",
         "rankcal_model_evaluation_accuracy_ratio",
         "rankcal:psi:5m",
+        "rankcal:psi_excess:5m",
         "rankcal:ks:5m",
         "rankcal_confidence_bucket",
         "rankcal_predictions_total",
@@ -226,7 +228,7 @@ def test_dashboard_threshold_lines_match_alerts() -> None:
         assert defaults["custom"]["thresholdsStyle"]["mode"] == "line"
         return {s["value"] for s in defaults["thresholds"]["steps"] if s["value"] is not None}
 
-    assert THRESHOLDS["RankcalConfidenceDrift"] in steps("rankcal:psi:5m")
+    assert THRESHOLDS["RankcalConfidenceDrift"] in steps("rankcal:psi_excess:5m")
     assert THRESHOLDS["RankcalConfidenceKSDrift"] in steps("rankcal:ks:5m")
     assert THRESHOLDS["RankcalHighOODRate"] in steps("rankcal:ood_ratio:rate5m")
     assert THRESHOLDS["RankcalInputDrift"] in steps("rankcal:input_psi:5m")
@@ -258,6 +260,8 @@ NOT_RATIOS = {
     "rankcal_window_capacity",
     "rankcal_min_predictions",
     "rankcal_model_info",
+    "rankcal_reference_images",
+    "rankcal_input_reference_images",
 }
 
 

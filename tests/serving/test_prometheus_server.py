@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import subprocess
 import time
@@ -19,11 +20,13 @@ from typing import Any, TypeVar
 
 import httpx
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import yaml
 
-from pipeline.model_card import INPUT_NAME
+from pipeline.drift import bin_counts, psi, sampling_psi
+from pipeline.model_card import INPUT_NAME, METADATA_KEY, ReferenceConfidence
 from pipeline.preprocessing import to_model_input
 from tests.serving.conftest import (
     ROOT,
@@ -36,6 +39,13 @@ from tests.serving.conftest import (
     service_env,
     stop_process_group,
     write_params,
+)
+from tests.serving.drift_model import (
+    digit_images,
+    faint_quadrant_images,
+    fit_all,
+    noise_images,
+    ort_probabilities,
 )
 
 PROMETHEUS = Path("/usr/bin/prometheus")
@@ -317,3 +327,72 @@ def test_input_drift_marks_the_estimate_not_valid_in_a_real_prometheus(
             for im in noise
         ]
         assert sum(flags) >= 18, flags
+
+
+def with_reference(model: ExportedModel, held_out: np.ndarray, path: Path) -> ExportedModel:
+    """``model`` with its card's confidence reference binned from ``held_out`` images, as the
+    evaluate stage bins the validation and test images' calibrated confidences."""
+    confidence = ort_probabilities(model.path, model.card, held_out).max(axis=1)
+    edges = model.card.reference_confidence.bin_edges
+    reference = ReferenceConfidence(
+        edges, bin_counts(confidence, edges).tolist(), float(confidence.mean())
+    )
+    card = dataclasses.replace(model.card, reference_confidence=reference)
+    proto = onnx.load(str(model.path))
+    next(p for p in proto.metadata_props if p.key == METADATA_KEY).value = card.to_json()
+    onnx.save(proto, str(path))
+    return ExportedModel(path, card)
+
+
+@pytest.mark.parametrize("shift", ["digits", "noise"])
+def test_a_clean_stream_against_a_small_reference_raises_no_confidence_drift(
+    calibrated_model: ExportedModel, shift: str, tmp_path: Path
+) -> None:
+    """A small folder's monitoring in miniature, on the drift tests' model (tests/serving/
+    test_drift.py): its confidence reference holds 360 held-out images (a small folder's
+    validation and test splits together) and 300 clean images of the same kind stream in. The
+    PSI beyond sampling noise stays under RankcalConfidenceDrift's 0.25 and the alert never
+    goes pending; 300 images of a shift after them (the drift tests' digits or noise) push it
+    over and it does. Against 120 reference images (a test split alone) the raw PSI of clean
+    streams like this one reaches 0.25 in most draws (test_drift.py measures it)."""
+    model = with_reference(
+        calibrated_model, faint_quadrant_images(360, seed=61)[0], tmp_path / "model.onnx"
+    )
+    edges, reference = (
+        model.card.reference_confidence.bin_edges,
+        model.card.reference_confidence.counts,
+    )
+    clean = faint_quadrant_images(300, seed=62)[0]
+    shifted = fit_all({"digits": digit_images, "noise": noise_images}[shift]()[:300], model.card)
+    # Offline first, so that a failure says whether the premise or the rules are wrong.
+    confidence = ort_probabilities(model.path, model.card, clean).max(axis=1)
+    assert psi(bin_counts(confidence, edges), reference) - sampling_psi(reference, 300) < 0.25
+    job = f'{{job="{JOB}"}}'
+    alerts = f'ALERTS{{alertname="RankcalConfidenceDrift", job="{JOB}"}}'
+    with prometheus_over_service(model, tmp_path) as (prom, service, prom_log):
+        send_traffic(service.url, clean, singles=30)
+        wait_for(
+            lambda: scalar(prom, "sum(rankcal_predictions_total)") == len(clean),
+            f"sum(rankcal_predictions_total) == {len(clean)}",
+            prom_log,
+        )
+        excess = wait_for(
+            lambda: scalar(prom, f"rankcal:psi_excess:5m{job}"),
+            "rankcal:psi_excess:5m after the clean stream",
+            prom_log,
+        )
+        assert excess < 0.25
+        time.sleep(3)  # a few more rule evaluations: none may turn the alert pending
+        assert query(prom, alerts) == []
+
+        send_traffic(service.url, shifted, singles=30)
+        wait_for(
+            lambda: scalar(prom, "sum(rankcal_predictions_total)") == 2 * len(clean),
+            f"sum(rankcal_predictions_total) == {2 * len(clean)}",
+            prom_log,
+        )
+        pending = wait_for(
+            lambda: query(prom, alerts), f"RankcalConfidenceDrift pending after {shift}", prom_log
+        )
+        assert pending[0]["metric"]["alertstate"] == "pending"
+        assert (scalar(prom, f"rankcal:psi_excess:5m{job}") or 0) > 0.25
