@@ -379,6 +379,52 @@ def test_default_regime_preset_is_the_pipelines_params_with_a_study_in_its_regim
         assert all(o.startswith("study/default/") for o in outs)
 
 
+def test_photos_regime_preset_is_the_photos_recipe_with_a_study_on_two_folders() -> None:
+    import yaml
+
+    from pipeline.config import load_section, read_params
+    from pipeline.study import study_runs
+
+    preset = read_params(ROOT / "presets" / "study_photos.yaml")
+    photos = read_params(ROOT / "presets" / "photos.yaml")
+    # Every row trains and evaluates what make repro-photos does; only the folder differs.
+    for section in photos:
+        if section not in ("study", "data"):
+            assert preset[section] == photos[section], section
+    assert {k: v for k, v in preset["data"].items() if k != "root"} == {
+        k: v for k, v in photos["data"].items() if k != "root"
+    }
+    study = load_section(preset, "study")
+    data, train = load_section(photos, "data"), load_section(photos, "train")
+    assert study.val_fraction == data.val_fraction and study.max_train >= 600
+    assert study.epochs == train.epochs and study.augment == train.augment == "photo"
+    assert len(study.seeds) >= 3
+    runs = {r.name: r.loss for r in study_runs(load_section(preset, "loss"), study)}
+    assert list(runs) == ["ce", "ls", "mixup", "mrl", "mndcg", "mrl_tuned", "mndcg_tuned"]
+    assert runs["mndcg"] == load_section(photos, "loss")  # the preset's own loss, paper settings
+    # Each row runs on each generated folder (stages.study --root) and writes under its folder.
+    dvc = yaml.safe_load((ROOT / "study" / "photos" / "dvc.yaml").read_text())
+    stages = dvc["stages"]
+    assert {"shapes", "garments"} <= stages.keys()
+    assert "bench/photo_folder.py study/photos/data/shapes" in stages["shapes"]["cmd"]
+    assert "bench/garment_folder.py study/photos/data/garments" in stages["garments"]["cmd"]
+    for name in ("loss", "tuned"):
+        stage = stages[name]
+        assert stage["matrix"]["folder"] == "${folders}"
+        assert "--root study/photos/data/${item.folder}" in stage["cmd"]
+        assert "--rows study/photos/${item.folder}/rows" in stage["cmd"]
+        assert "study/photos/data/${item.folder}" in stage["deps"]
+        assert "weights/efficientnet_lite0.pth" in stage["deps"]
+        assert list(stage["params"][0]) == ["presets/study_photos.yaml"]
+    assert {"folders": ["shapes", "garments"]} in dvc["vars"]
+    table = stages["table"]
+    assert table["foreach"] == "${folders}" and "--out study/photos/${item}" in table["do"]["cmd"]
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "study/photos/garments/rows/ce-s0.json"], cwd=ROOT
+    )
+    assert ignored.returncode == 1, "study/photos rows are git-ignored"
+
+
 def test_a_stage_under_a_python_without_the_packages_says_what_to_do() -> None:
     """A fresh shell's `python` (here: ours without site-packages) lacks the project's packages:
     the stage stops with the activation step, not with `No module named 'PIL'`."""

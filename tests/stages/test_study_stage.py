@@ -13,6 +13,7 @@ import yaml
 from stages import study
 from tests.conftest import ROOT
 from tests.data.conftest import write_raw_dataset
+from tests.image_folder import make_image_folder
 
 
 @pytest.fixture
@@ -97,3 +98,21 @@ def test_a_partial_table_has_the_rows_that_ran_and_names_the_others(
     assert "left out (not run yet): mrl_tuned-s0" in capsys.readouterr().err
     with (tmp_path / "out" / "results.csv").open() as fh:
         assert [r["loss"] for r in csv.DictReader(fh)] == ["ce"]
+
+
+def test_root_sets_the_folder_a_row_trains_on(
+    study_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--root replaces data.root, so one preset runs on several folders (study/photos)."""
+    params = yaml.safe_load(Path(study_args[1]).read_text())
+    params["data"].update(
+        dataset="folder", root="no-such-folder", image_size=[12, 12], on_error="skip"
+    )
+    Path(study_args[1]).write_text(yaml.safe_dump(params, sort_keys=False))
+    assert study.main(["run", "ce", "--seed", "0", *study_args]) == 2
+    assert "no-such-folder" in capsys.readouterr().err
+    folder = make_image_folder(tmp_path / "photos", per_class=12)
+    args = ["run", "ce", "--seed", "0", "--root", str(folder), *study_args]
+    assert study.main(args) == 0
+    row = json.loads((tmp_path / "rows" / "ce-s0.json").read_text())
+    assert row["loss"] == "ce" and 0 <= row["accuracy"] <= 100
