@@ -30,6 +30,9 @@ MEDIA_TYPE = "application/x-npy"
 # 10,000); a larger one is no plain array.
 MAX_HEADER_BYTES = 1024
 _KINDS = {"u": "unsigned integer", "i": "integer", "f": "float"}
+# (N, H, W) or (N, H, W, C); every axis of an accepted batch is far under 2**31.
+MAX_DIMS = 4
+MAX_DIMENSION = 2**31
 
 T = TypeVar("T")
 
@@ -73,6 +76,14 @@ def read_npy(data: bytes) -> np.ndarray:
         raise _refuse(f"dtype {dtype}; send {', '.join(_KINDS.values())} pixels")
     if any(d < 0 for d in shape):
         raise _refuse(f"shape {shape} has a negative size")
+    # Before any size arithmetic or reshape: NumPy refuses a dimension past 2**63 with a
+    # ValueError (a zero elsewhere in the shape makes the byte count 0, so it would get that
+    # far), and no image batch has more than four axes or an axis past 2**31.
+    if len(shape) > MAX_DIMS or any(d >= MAX_DIMENSION for d in shape):
+        raise _refuse(
+            f"shape {shape}: an image batch has at most {MAX_DIMS} axes, each under "
+            f"{MAX_DIMENSION}"
+        )
     offset = stream.tell()
     expected = math.prod(shape) * dtype.itemsize
     if len(data) - offset != expected:

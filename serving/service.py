@@ -42,7 +42,7 @@ from starlette.responses import Response
 from pipeline import __version__
 from pipeline.config import ConfigError, ServeConfig, env_overrides, load_section, read_params
 from pipeline.preprocessing import match_channels
-from serving import npy, request_timeout
+from serving import npy, outer_middleware, request_timeout
 from serving.feedback import MIN_KEY_BYTES, ReplayGuard, TokenSigner, judge
 from serving.guard import BodyStep, RequestGuard, error_response
 from serving.images import (
@@ -65,6 +65,8 @@ logger = logging.getLogger(__name__)
 logging.getLogger("serving").setLevel(logging.INFO)
 install_refusal_log_filter()
 request_timeout.install()
+# Before BentoML builds the app: its outer metrics and access log read bounded client text.
+outer_middleware.install()
 
 MODEL_PATH = Path(os.environ.get("RANKCAL_MODEL", "models/model.onnx"))
 PARAMS_PATH = Path(os.environ.get("RANKCAL_PARAMS", "params.yaml"))
