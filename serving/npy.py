@@ -81,8 +81,7 @@ def read_npy(data: bytes) -> np.ndarray:
     # far), and no image batch has more than four axes or an axis past 2**31.
     if len(shape) > MAX_DIMS or any(d >= MAX_DIMENSION for d in shape):
         raise _refuse(
-            f"shape {shape}: an image batch has at most {MAX_DIMS} axes, each under "
-            f"{MAX_DIMENSION}"
+            f"shape {shape}: an image batch has at most {MAX_DIMS} axes, each under {MAX_DIMENSION}"
         )
     offset = stream.tell()
     expected = math.prod(shape) * dtype.itemsize
