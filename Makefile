@@ -14,7 +14,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: setup system-data repro repro-cifar10 repro-photos test lint bench-train bench-serve bench-folder bench-load study study-paper study-default study-photos \
+.PHONY: setup system-data repro exp repro-cifar10 repro-photos test lint bench-train bench-serve bench-folder bench-load study study-paper study-default study-photos \
 	serving-requirements bento params-schema k8s-rules
 
 setup: $(STAMP) system-data .dvc/plots-offline.html $(LITE0)
@@ -93,6 +93,14 @@ define run_preset
 			"pipeline's outputs are back as they were" >&2; \
 		exit $$status; }
 endef
+
+# One experiment with other params, checked before DVC runs; if the run fails, params.yaml,
+# dvc.lock and the outputs go back (a bare `dvc exp run -S` leaves params.yaml rewritten):
+#   make exp SET="loss.name=ce train.epochs=3"
+exp: setup
+	@test -n "$(SET)" || { echo 'exp: name the params to change:' \
+		'make exp SET="loss.name=ce train.epochs=3"' >&2; exit 2; }
+	@$(call run_preset,params.yaml,--only-set $(foreach s,$(SET),--set '$(s)'),exp)
 
 # The paper's CIFAR-10 recipe as a DVC experiment (GPU and internet needed); a machine without a
 # GPU stops before the run (FORCE=1 overrides).

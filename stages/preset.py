@@ -5,8 +5,10 @@ The preset is validated first, so a broken preset stops here with the offending 
 ``FORCE=1`` is set: the paper's recipe is 200 ResNet-50 epochs, days on a CPU.
 ``--set section.key=value`` (repeatable) replaces a preset's value first, e.g. the photo
 folder of ``presets/photos.yaml``; a folder dataset whose root is no folder stops here too.
-Usage: args=$(python -m stages.preset [--require-gpu] [--set data.root=DIR] PRESET) &&
-dvc exp run $args
+``--only-set`` prints the ``--set`` keys alone, after checking the whole file with them: what
+``make exp`` runs on ``params.yaml``, so DVC changes no other key.
+Usage: args=$(python -m stages.preset [--require-gpu] [--only-set] [--set data.root=DIR] PRESET)
+&& dvc exp run $args
 """
 
 from __future__ import annotations
@@ -72,8 +74,8 @@ def preset_args(path: str, overrides: Sequence[str] = ()) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    require_gpu = "--require-gpu" in argv
-    argv = [a for a in argv if a != "--require-gpu"]
+    require_gpu, only_set = "--require-gpu" in argv, "--only-set" in argv
+    argv = [a for a in argv if a not in ("--require-gpu", "--only-set")]
     overrides = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--set"]
     argv = [a for i, a in enumerate(argv) if a != "--set" and (i == 0 or argv[i - 1] != "--set")]
     if len(argv) != 1:
@@ -81,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         args = preset_args(argv[0], overrides)
+        if only_set:
+            if not overrides:
+                raise ConfigError("--only-set needs at least one --set section.key=value")
+            keys = {item.partition("=")[0] for item in overrides}
+            pairs = zip(args[::2], args[1::2], strict=True)
+            args = [word for pair in pairs if pair[1].partition("=")[0] in keys for word in pair]
     except ConfigError as err:
         print(f"preset: {err}", file=sys.stderr)
         return 2

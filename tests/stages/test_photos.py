@@ -4,7 +4,10 @@ model.weights and model.normalize end to end on a tiny folder."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -163,3 +166,46 @@ def test_dvc_applies_a_presets_arguments_to_params_yaml_exactly(tmp_path: Path, 
     expected = read_params(ROOT / "presets" / name)
     expected["data"]["root"] = str(tmp_path)
     assert read_params(target) == expected
+
+
+def test_make_exp_checks_the_params_and_puts_params_yaml_back_when_the_run_fails(
+    tmp_path: Path,
+) -> None:
+    """`make exp SET=...`: only the named keys go to DVC, and a failed run (here a fake dvc
+    that rewrites params.yaml as DVC does, then fails) leaves params.yaml as it was."""
+    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
+    original = (ROOT / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(original)
+    log = tmp_path / "calls.log"
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    tools = {
+        "dvc": f'echo dvc "$@" >> {log}; [ "$1" = exp ] || exit 0; '
+        f"echo 'rewritten: true' > params.yaml; exit 3",
+        "python": f'echo python "$@" >> {log}; exec {sys.executable} "$@"',
+    }
+    for name, body in tools.items():
+        (fake_bin / name).write_text(f"#!/bin/sh\n{body}\n")
+        (fake_bin / name).chmod(0o755)
+
+    def make(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["make", "-s", "-o", "setup", "exp", *args, f"PATH={fake_bin}:/usr/bin:/bin"],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    result = make()
+    assert result.returncode != 0 and 'make exp SET="loss.name=ce' in result.stderr
+    result = make("SET=train.epochs=0")  # refused before DVC runs
+    assert result.returncode != 0 and "train.epochs must be >= 1, got 0" in result.stderr
+    assert "dvc" not in log.read_text()
+    result = make("SET=loss.name=ce train.epochs=3")
+    assert result.returncode != 0 and "the run failed (3)" in result.stderr
+    assert "params.yaml, dvc.lock and the default pipeline's outputs are back" in result.stderr
+    calls = log.read_text().splitlines()
+    assert 'dvc exp run -S loss.name="ce" -S train.epochs=3' in calls
+    assert (tmp_path / "params.yaml").read_text() == original
