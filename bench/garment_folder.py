@@ -30,7 +30,7 @@ from PIL import Image
 if not __package__:  # run as ``python bench/garment_folder.py``
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.photo_folder import draw_background, encode_photo, fill_colour
+from bench.photo_folder import draw_background, encode_photo, fill_colour, written
 from pipeline.data.readers import read_idx
 
 # Fashion-MNIST label -> folder name: the four upper-body garments, its most confused classes.
@@ -151,11 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileExistsError, FileNotFoundError) as err:
         print(f"garment_folder.py: {err}", file=sys.stderr)
         return 2
-    total = len(GARMENTS) * (args.per_class + args.test_per_class)
-    print(
-        f"wrote {total} photos ({args.per_class} train + {args.test_per_class} test per class, "
-        f"{len(GARMENTS)} classes) to {args.out}"
-    )
+    print(written(args.out, len(GARMENTS), args.per_class, args.test_per_class))
     return 0
 
 

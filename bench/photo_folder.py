@@ -248,12 +248,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileExistsError) as err:
         print(f"photo_folder.py: {err}", file=sys.stderr)
         return 2
-    total = len(SHAPES) * (args.per_class + args.test_per_class)
-    print(
-        f"wrote {total} photos ({args.per_class} train + {args.test_per_class} test per class, "
-        f"{len(SHAPES)} classes) to {args.out}"
-    )
+    print(written(args.out, len(SHAPES), args.per_class, args.test_per_class))
     return 0
+
+
+def written(out: Path, classes: int, per_class: int, test_per_class: int) -> str:
+    """What a generator's command line says it wrote."""
+    total = classes * (per_class + test_per_class)
+    return (
+        f"wrote {total} photos ({per_class} train + {test_per_class} test per class, "
+        f"{classes} classes) to {out}"
+    )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ fails if an upgrade moves them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 # The endpoint label of every path that is no route of the service (not a path: no slash).
@@ -86,6 +87,24 @@ def _shown(scope: dict[str, Any], path: str, **headers: bytes) -> dict[str, Any]
     }
 
 
+def _bounded(parent: type, show: Callable[[dict[str, Any]], dict[str, Any]], doc: str) -> type:
+    """A subclass of BentoML's middleware ``parent`` that sees ``show(scope)`` of each HTTP
+    request while the application it wraps sees the scope the client sent."""
+
+    class Bounded(parent):  # type: ignore[misc, valid-type]
+        bounded = True
+
+        def __init__(self, app: Any, **options: Any) -> None:
+            super().__init__(_ClientScope(app), **options)
+
+        async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+            await super().__call__(show(scope) if scope["type"] == "http" else scope, receive, send)
+
+    Bounded.__name__ = Bounded.__qualname__ = f"Bounded{parent.__name__}"
+    Bounded.__doc__ = doc
+    return Bounded
+
+
 def install() -> None:
     """Replace BentoML's traffic-metrics and access-log middlewares with the bounded ones.
 
@@ -94,44 +113,24 @@ def install() -> None:
     from bentoml._internal.context import server_context
     from bentoml._internal.server.http import access, instruments
 
-    metrics_parent = instruments.RunnerTrafficMetricsMiddleware
-    access_parent = access.AccessLogMiddleware
-    if getattr(metrics_parent, "bounded", False):
+    if getattr(instruments.RunnerTrafficMetricsMiddleware, "bounded", False):
         return
 
-    class BoundedTrafficMetrics(metrics_parent):  # type: ignore[misc, valid-type]
-        """BentoML's request metrics, labelled by route: unknown paths share one label."""
+    def labelled(scope: dict[str, Any]) -> dict[str, Any]:
+        routes = frozenset(server_context.service_routes)
+        return _shown(scope, endpoint_label(scope["path"], routes))
 
-        bounded = True
+    def logged(scope: dict[str, Any]) -> dict[str, Any]:
+        content_type = dict(scope.get("headers", [])).get(b"content-type", b"")
+        return _shown(scope, loggable(scope["path"]), content_type=_loggable_header(content_type))
 
-        def __init__(self, app: Any, **options: Any) -> None:
-            super().__init__(_ClientScope(app), **options)
-
-        async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-            if scope["type"] != "http":
-                await super().__call__(scope, receive, send)
-                return
-            routes = frozenset(server_context.service_routes)
-            label = endpoint_label(scope["path"], routes)
-            await super().__call__(_shown(scope, label), receive, send)
-
-    class BoundedAccessLog(access_parent):  # type: ignore[misc, valid-type]
-        """BentoML's access log, with the client's path and content type escaped and cut."""
-
-        bounded = True
-
-        def __init__(self, app: Any, **options: Any) -> None:
-            super().__init__(_ClientScope(app), **options)
-
-        async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-            if scope["type"] != "http":
-                await super().__call__(scope, receive, send)
-                return
-            content_type = dict(scope.get("headers", [])).get(b"content-type", b"")
-            shown = _shown(
-                scope, loggable(scope["path"]), content_type=_loggable_header(content_type)
-            )
-            await super().__call__(shown, receive, send)
-
-    instruments.RunnerTrafficMetricsMiddleware = BoundedTrafficMetrics  # type: ignore[misc]
-    access.AccessLogMiddleware = BoundedAccessLog  # type: ignore[misc]
+    instruments.RunnerTrafficMetricsMiddleware = _bounded(  # type: ignore[misc]
+        instruments.RunnerTrafficMetricsMiddleware,
+        labelled,
+        "BentoML's request metrics, labelled by route: unknown paths share one label.",
+    )
+    access.AccessLogMiddleware = _bounded(  # type: ignore[misc]
+        access.AccessLogMiddleware,
+        logged,
+        "BentoML's access log, with the client's path and content type escaped and cut.",
+    )
