@@ -91,6 +91,13 @@ def test_a_writer_killed_at_random_moments_never_leaves_a_torn_file(
             env={**os.environ, "PYTHONPATH": str(ROOT)},
             stderr=subprocess.PIPE,
         )
+        # The first writer runs until it has written once (on a loaded machine importing torch
+        # and writing a checkpoint takes longer than any fixed delay), so a version is always
+        # there to be torn; every kill then falls at a random moment of a later write.
+        written = dest / "meta.json" if kind == "prepared" else dest
+        deadline = time.monotonic() + 300
+        while not written.exists() and writer.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
         time.sleep(1.5 + float(rng.uniform(0, 1.0)))  # past start-up, then a random moment
         assert writer.poll() is None, writer.stderr.read().decode() if writer.stderr else ""
         os.kill(writer.pid, signal.SIGKILL)
